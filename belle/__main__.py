@@ -1,0 +1,3 @@
+from belle.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""The `belle` command: one subcommand per job, each job a list of verbs.
+
+A verb is a plain typed function. Its signature is the command line: positional parameters become
+positional arguments, keyword-only parameters become `--flags` (required when they have no default),
+`bool` flags are switches, `Literal[...]` gives choices, `list[T]` takes one or more values, and a
+trailing underscore is dropped (`from_` is `--from`). Help text comes from the docstring's `Args:`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+# job name -> module with `VERBS` (a list of functions) or `main(argv)`.
+JOBS = {
+    "model": "belle.models.cli",
+    "models": "belle.models.cli",
+    "data": "belle.data.cli",
+    "vocab": "belle.vocab.cli",
+}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one clear message, exit code 2, no traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: belle JOB ...\n\njobs:\n" + "\n".join(f"  {name}" for name in sorted(set(JOBS))))
+        return 0 if argv else 2
+    job, rest = argv[0], argv[1:]
+    if job not in JOBS:
+        print(f"belle: unknown job {job!r}; choose from {', '.join(sorted(JOBS))}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(JOBS[job])
+    return module.main(rest, prog=f"belle {job}")
+
+
+def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, prog: str) -> int:
+    """Parse `argv` as `VERB [args]`, call the verb, and turn `UsageError` into a message and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # torchao, imported by peft and transformers' quantizers, warns about torch internals on import.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    parser = argparse.ArgumentParser(prog=prog)
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in verbs:
+        doc = inspect.getdoc(verb) or ""
+        sub = subparsers.add_parser(
+            verb.__name__.replace("_", "-"),
+            help=doc.split("\n")[0],
+            description=doc.split("\nArgs:")[0],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_parameters(sub, verb, _arg_docs(doc))
+        sub.set_defaults(_verb=verb)
+    args = vars(parser.parse_args(argv))
+    verb = args.pop("_verb")
+    args.pop("verb")
+    try:
+        result = verb(**args)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """Map parameter name -> help text from a Google-style `Args:` section."""
+    docs: dict[str, str] = {}
+    if "\nArgs:" not in doc:
+        return docs
+    name = None
+    for line in doc.split("\nArgs:", 1)[1].splitlines():
+        match = re.match(r"^\s{4}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+        if match:
+            name, docs[match[1]] = match[1], match[2]
+        elif name and line.startswith(" " * 8):
+            docs[name] += " " + line.strip()
+        elif line.strip() and not line.startswith(" "):
+            break
+    return docs
+
+
+def _add_parameters(parser: argparse.ArgumentParser, verb: Callable[..., Any], docs: dict[str, str]) -> None:
+    hints = typing.get_type_hints(verb)
+    for param in inspect.signature(verb).parameters.values():
+        kind, choices, is_list = _unwrap(hints[param.name])
+        options: dict[str, Any] = {"help": docs.get(param.name, "")}
+        if param.kind is inspect.Parameter.KEYWORD_ONLY:
+            flag = "--" + param.name.rstrip("_").replace("_", "-")
+            options["dest"] = param.name
+            if param.default is inspect.Parameter.empty:
+                options["required"] = True
+            else:
+                options["default"] = param.default
+            if kind is bool:
+                options["action"] = argparse.BooleanOptionalAction
+                parser.add_argument(flag, **options)
+                continue
+            names = [flag]
+        else:
+            names = [param.name]
+            if param.default is not inspect.Parameter.empty:
+                options.update(nargs="?", default=param.default)
+        options["type"] = kind
+        if choices:
+            options["choices"] = choices
+        if is_list:
+            options["nargs"] = "+" if param.default is inspect.Parameter.empty else "*"
+        if param.default not in (inspect.Parameter.empty, None) and not isinstance(param.default, bool):
+            options["help"] += f" (default: {param.default})"
+        parser.add_argument(*names, **options)
+
+
+def _unwrap(hint: Any) -> tuple[type, tuple | None, bool]:
+    """Reduce a type hint to (element type, choices, is_list); `X | None` counts as `X`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _unwrap(hint)
+    if origin is list:
+        kind, choices, _ = _unwrap(typing.get_args(hint)[0])
+        return kind, choices, True
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        return type(choices[0]), choices, False
+    if hint is Path:
+        return Path, None, False
+    return hint, None, False

@@ -1,0 +1,392 @@
+"""Conversations: the one record type every job passes around, and the readers for every format.
+
+A `Conversation` is an id plus messages `{"role": "system"|"user"|"assistant", "content": str}`.
+Readers stream records from JSON-lines files, JSON arrays, folders of them, and `datasets` datasets,
+in these formats (detected per record unless forced):
+
+| format      | record                                                                              |
+|-------------|-------------------------------------------------------------------------------------|
+| `belle`     | `{"id", "conversations": [{"from": "human"/"assistant"/"gpt"/..., "value"}]}`       |
+| `alpaca`    | `{"instruction", "input", "output"}` (optional `system`, `history: [[user, assistant]]`) |
+| `multiturn` | alpaca whose `instruction` is `Human:...\\nAssistant:...\\nHuman:...\\nAssistant:`    |
+| `messages`  | `{"messages": [{"role", "content"}]}` (OpenAI / Hugging Face)                       |
+| `text`      | `{"text"}`: pretraining text, read as one assistant message with no prompt          |
+
+A record that cannot be used is a `Rejection` reported as `file:line: reason: detail`. The `skip`
+policy counts and reports them; `strict` raises `DataError` at the first one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+FORMATS = ("belle", "alpaca", "multiturn", "messages", "text")
+Format = Literal["belle", "alpaca", "multiturn", "messages", "text"]
+Policy = Literal["skip", "strict"]
+ROLES = ("system", "user", "assistant")
+DATA_SUFFIXES = (".json", ".jsonl")
+
+# `from` values seen in BELLE, ShareGPT and FastChat dumps, lower-cased.
+SPEAKER_ROLES = {
+    "human": "user", "user": "user",
+    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "chatgpt": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+
+_MULTITURN_SPLIT = re.compile(r"(?:^|\n)(Human|Assistant):")
+
+
+@dataclass
+class Conversation:
+    """One training or prompting example.
+
+    `messages` holds dicts `{"role", "content"}`: an optional system message first, then user and
+    assistant turns alternating, starting with a user turn.
+    """
+
+    id: str
+    messages: list[dict[str, str]]
+
+
+class DataError(ValueError):
+    """A record that cannot be used; the message is `file:line: reason: detail`."""
+
+
+class Rejection(Exception):
+    """Why one record was rejected: `reason` is a short category used for counting."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class RejectReport:
+    """Counts of rejected records per reason, with every `file:line: reason` line kept in order.
+
+    `lines` grows with the number of rejections, not of records; pass `keep_lines=False` to keep
+    only the counts.
+    """
+
+    counts: Counter = field(default_factory=Counter)
+    lines: list[str] = field(default_factory=list)
+    keep_lines: bool = True
+
+    def add(self, location: str, rejection: Rejection) -> str:
+        line = f"{location}: {rejection.reason}" + (f": {rejection.detail}" if rejection.detail else "")
+        self.counts[rejection.reason] += 1
+        if self.keep_lines:
+            self.lines.append(line)
+        return line
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.total:
+            return "rejected 0 records"
+        parts = ", ".join(f"{reason}: {n}" for reason, n in self.counts.most_common())
+        return f"rejected {self.total} records ({parts})"
+
+
+# ---------------------------------------------------------------------------------------------
+# One record -> messages
+
+
+def detect_format(record: dict[str, Any]) -> Format:
+    """The format of one record, from its keys."""
+    if "conversations" in record:
+        return "belle"
+    if "messages" in record:
+        return "messages"
+    if "instruction" in record or "output" in record:
+        instruction = record.get("instruction")
+        if isinstance(instruction, str) and is_multiturn_string(instruction):
+            return "multiturn"
+        return "alpaca"
+    if "text" in record:
+        return "text"
+    raise Rejection("unknown format", f"no known keys among {sorted(record)[:8]}")
+
+
+def is_multiturn_string(instruction: str) -> bool:
+    """True for BELLE's multi-turn history strings: `Human:...` first, a bare `Assistant:` last."""
+    text = instruction.strip()
+    return text.startswith("Human:") and text.endswith("Assistant:")
+
+
+def record_to_messages(record: Any, format: Format | None = None) -> list[dict[str, str]]:
+    """Turn one raw record into validated messages, or raise `Rejection`."""
+    if not isinstance(record, dict):
+        raise Rejection("not an object", f"got {type(record).__name__}")
+    format = format or detect_format(record)
+    messages = _PARSERS[format](record)
+    if format != "text":
+        validate_messages(messages)
+    return messages
+
+
+def validate_messages(messages: list[dict[str, str]], require_assistant: bool = True) -> None:
+    """Raise `Rejection` unless the messages are an optional system message then alternating
+    user/assistant turns starting with the user, every content a non-empty string."""
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise Rejection("unknown role", f"message {i}: {role!r}")
+        if not isinstance(content, str):
+            raise Rejection("missing field", f"message {i}: content is not a string")
+        if not content.strip():
+            raise Rejection("empty content", f"message {i} ({role})")
+        if role == "system" and i != 0:
+            raise Rejection("roles out of order", f"message {i}: a system message must come first")
+    turns = [m["role"] for m in messages if m["role"] != "system"]
+    expected = ["user", "assistant"] * (len(turns) // 2 + 1)
+    if turns != expected[: len(turns)]:
+        raise Rejection("roles out of order", "turns must alternate user, assistant, ... starting with user")
+    if require_assistant and "assistant" not in turns:
+        raise Rejection("no assistant turn")
+
+
+def _field(record: dict[str, Any], key: str, optional: bool = False) -> Any:
+    if key not in record or record[key] is None:
+        if optional:
+            return None
+        raise Rejection("missing field", repr(key))
+    return record[key]
+
+
+def _string(record: dict[str, Any], key: str, optional: bool = False) -> str:
+    value = _field(record, key, optional)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Rejection("missing field", f"{key!r} is not a string")
+    return value
+
+
+def _parse_belle(record: dict[str, Any]) -> list[dict[str, str]]:
+    turns = _field(record, "conversations")
+    if not isinstance(turns, list):
+        raise Rejection("missing field", "'conversations' is not a list")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise Rejection("missing field", f"conversations[{i}] is not an object")
+        speaker = _string(turn, "from")
+        role = SPEAKER_ROLES.get(speaker.strip().lower())
+        if role is None:
+            raise Rejection("unknown role", f"conversations[{i}].from = {speaker!r}")
+        messages.append({"role": role, "content": _string(turn, "value")})
+    return messages
+
+
+def _parse_alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
+    instruction, extra = _string(record, "instruction"), _string(record, "input", optional=True)
+    user = f"{instruction}\n{extra}" if extra.strip() else instruction
+    messages = []
+    system = _string(record, "system", optional=True)
+    if system.strip():
+        messages.append({"role": "system", "content": system})
+    for i, pair in enumerate(_field(record, "history", optional=True) or []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise Rejection("missing field", f"history[{i}] is not a [user, assistant] pair of strings")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _string(record, "output")}]
+    return messages
+
+
+def _parse_multiturn(record: dict[str, Any]) -> list[dict[str, str]]:
+    history = _string(record, "instruction").strip()
+    parts = _MULTITURN_SPLIT.split(history)
+    if parts[0].strip():
+        raise Rejection("missing field", "multi-turn instruction must start with 'Human:'")
+    messages = [
+        {"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+        for speaker, content in zip(parts[1::2], parts[2::2])
+    ]
+    if not messages or messages[-1]["role"] != "assistant" or messages[-1]["content"]:
+        raise Rejection("missing field", "multi-turn instruction must end with a bare 'Assistant:'")
+    messages[-1]["content"] = _string(record, "output")
+    return messages
+
+
+def _parse_messages(record: dict[str, Any]) -> list[dict[str, str]]:
+    messages = _field(record, "messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise Rejection("missing field", "'messages' is not a list of objects")
+    return [{"role": m.get("role"), "content": m.get("content")} for m in messages]
+
+
+def _parse_text(record: dict[str, Any]) -> list[dict[str, str]]:
+    text = _string(record, "text")
+    if not text.strip():
+        raise Rejection("empty content", "'text'")
+    return [{"role": "assistant", "content": text}]
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], list[dict[str, str]]]] = {
+    "belle": _parse_belle,
+    "alpaca": _parse_alpaca,
+    "multiturn": _parse_multiturn,
+    "messages": _parse_messages,
+    "text": _parse_text,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files -> records
+
+
+def list_data_files(source: str | Path) -> list[Path]:
+    """`source` itself if it is a file, else every .json/.jsonl file below it, sorted."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no .json or .jsonl files in this folder")
+        return files
+    raise DataError(f"{path}: no such file or folder")
+
+
+def iter_json_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any]]:
+    """Yield `(line, record)` from a JSON-lines file or a JSON array, streaming either.
+
+    A line that is not valid JSON yields `(line, Rejection)` and reading goes on. In an array a
+    malformed element ends the file, since no next element can be found reliably.
+    """
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096)
+        f.seek(0)
+        if head.lstrip("\ufeff \t\r\n").startswith("["):
+            yield from _iter_json_array(f, chunk_chars)
+            return
+        for number, line in enumerate(f, start=1):
+            line = line.strip().lstrip("\ufeff")
+            if not line:
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield number, Rejection("malformed JSON", e.msg)
+
+
+def _iter_json_array(f: Any, chunk_chars: int, max_record_chars: int = 64 << 20) -> Iterator[tuple[int, Any]]:
+    decoder = json.JSONDecoder()
+    buffer, pos, line, counted = "", 0, 1, 0
+
+    def refill() -> bool:
+        """Drop what was consumed, read one more chunk; False at end of file."""
+        nonlocal buffer, pos, line, counted
+        line += buffer.count("\n", counted, pos)
+        more = f.read(chunk_chars)
+        buffer, pos, counted = buffer[pos:] + more, 0, 0
+        return bool(more)
+
+    def line_at(offset: int) -> int:
+        nonlocal line, counted
+        line += buffer.count("\n", counted, offset)
+        counted = offset
+        return line
+
+    refill()
+    pos = _skip(buffer, 0, "\ufeff \t\r\n") + 1  # past the '['
+    while True:
+        pos = _skip(buffer, pos, " \t\r\n,")
+        if pos >= len(buffer):
+            if refill():
+                continue
+            yield line_at(pos), Rejection("malformed JSON", "the array is not closed with ']'")
+            return
+        if buffer[pos] == "]":
+            return
+        try:
+            record, end = decoder.raw_decode(buffer, pos)
+            complete = end < len(buffer)  # a number at the very end may go on in the next chunk
+        except json.JSONDecodeError as e:
+            if len(buffer) - pos < max_record_chars and refill():
+                continue
+            yield line_at(e.pos), Rejection("malformed JSON", f"{e.msg} (rest of the array skipped)")
+            return
+        if not complete and refill():
+            continue
+        yield line_at(pos), record
+        pos = end
+
+
+def iter_source_records(source: Any) -> Iterator[tuple[str, str, Any]]:
+    """Yield `(location, default_id, record)` from a path (file or folder) or a `datasets` dataset.
+
+    `location` is `file:line` (or `name:row`); `default_id` is used when a record has no `id`.
+    """
+    if isinstance(source, (str, Path)):
+        for path in list_data_files(source):
+            for line, record in iter_json_records(path):
+                yield f"{path}:{line}", f"{path.stem}-{line}", record
+        return
+    name = getattr(getattr(source, "info", None), "dataset_name", None) or "dataset"
+    for row, record in enumerate(source, start=1):
+        yield f"{name}:{row}", f"{name}-{row}", record
+
+
+def read_conversations(
+    sources: Any | Iterable[Any],
+    format: Format | None = None,
+    policy: Policy = "skip",
+    report: RejectReport | None = None,
+    on_reject: Callable[[str], None] | None = None,
+) -> Iterator[Conversation]:
+    """Stream `Conversation`s from paths (files or folders) and/or `datasets` datasets.
+
+    Args:
+        sources: one source or a list of them.
+        format: force one format instead of detecting it per record.
+        policy: `skip` counts each rejected record in `report` and calls `on_reject(line)`;
+            `strict` raises `DataError("file:line: reason: detail")` at the first one.
+    """
+    report = report if report is not None else RejectReport(keep_lines=False)
+    if isinstance(sources, (str, Path)) or hasattr(sources, "features"):
+        sources = [sources]
+    for source in sources:
+        for location, default_id, record in iter_source_records(source):
+            try:
+                if isinstance(record, Rejection):
+                    raise record
+                messages = record_to_messages(record, format)
+            except Rejection as rejection:
+                line = report.add(location, rejection)
+                if policy == "strict":
+                    raise DataError(line) from None
+                if on_reject:
+                    on_reject(line)
+                continue
+            yield Conversation(id=str(record.get("id") or default_id), messages=messages)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers
+
+
+def to_belle(conversation: Conversation) -> dict[str, Any]:
+    """BELLE's on-disk form; a system message is kept as `{"from": "system"}`."""
+    names = {"user": "human", "assistant": "assistant", "system": "system"}
+    return {
+        "id": conversation.id,
+        "conversations": [{"from": names[m["role"]], "value": m["content"]} for m in conversation.messages],
+    }
+
+
+def to_messages(conversation: Conversation) -> dict[str, Any]:
+    return {"id": conversation.id, "messages": [dict(m) for m in conversation.messages]}
+
+
+WRITERS: dict[str, Callable[[Conversation], dict[str, Any]]] = {"belle": to_belle, "messages": to_messages}

@@ -1,0 +1,1 @@
+"""`belle data`: convert and tokenize conversation data (and, later, generate it)."""

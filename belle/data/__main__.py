@@ -1,0 +1,3 @@
+from belle.data.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""`belle data convert` and `belle data tokenize`: see exactly what a model will be trained on."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence, TextIO
+
+from belle.cli import UsageError, run_verbs
+from belle.conversation import WRITERS, DataError, Format, RejectReport, read_conversations
+from belle.tokenization import Overlong
+
+SHOWN_REJECTS = 20
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[TextIO]:
+    """Write to `path` through a temporary file that replaces it only when writing succeeded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def report_rejects(lines: list[str], output: Path) -> None:
+    """Show the first rejected records on stderr and keep them all in `OUTPUT.rejected.txt`."""
+    listing = output.with_name(output.name + ".rejected.txt")
+    if not lines:
+        listing.unlink(missing_ok=True)
+        return
+    for line in lines[:SHOWN_REJECTS]:
+        print(f"rejected: {line}", file=sys.stderr)
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    more = f", {len(lines) - SHOWN_REJECTS} more" if len(lines) > SHOWN_REJECTS else ""
+    print(f"all {len(lines)} rejected records{more}: {listing}", file=sys.stderr)
+
+
+def convert(
+    *,
+    input: list[str],
+    output: Path,
+    from_: Format | None = None,
+    to: str = "belle",
+    strict: bool = False,
+) -> int:
+    """Convert conversation files of any supported format to BELLE's format or to messages JSONL.
+
+    Args:
+        input: files or folders (.json/.jsonl, JSON lines or a JSON array) or saved datasets.
+        output: JSON-lines file to write.
+        from_: force the input format instead of detecting it per record.
+        to: output format: belle ({"id", "conversations": [{"from", "value"}]}) or messages.
+        strict: stop at the first bad record instead of skipping and counting.
+    """
+    if to not in WRITERS:
+        raise UsageError(f"--to must be one of {', '.join(WRITERS)}")
+    write = WRITERS[to]
+    report = RejectReport()
+    written = 0
+    try:
+        with atomic_output(output) as f:
+            for conversation in read_conversations(input, from_, "strict" if strict else "skip", report):
+                f.write(json.dumps(write(conversation), ensure_ascii=False) + "\n")
+                written += 1
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    report_rejects(report.lines, output)
+    print(f"wrote {written} conversations to {output}; {report.summary()}")
+    return 0
+
+
+def tokenize(
+    *,
+    model: Path,
+    input: list[str],
+    output: Path,
+    template: str | None = None,
+    max_length: int | None = None,
+    overlong: Overlong = "truncate",
+    pack: bool = False,
+    from_: Format | None = None,
+    strict: bool = False,
+    num_proc: int | None = None,
+) -> int:
+    """Encode conversations as the trainer sees them: input_ids, and labels that are -100 off assistant turns.
+
+    Writes one JSON object per sample ({"id", "input_ids", "labels"}) or, with --pack, per packed
+    row ({"ids", "input_ids", "labels", "position_ids"}), then prints counts, dropped samples per
+    reason and the packing efficiency; the same figures go to OUTPUT.stats.json.
+
+    Args:
+        model: model folder whose tokenizer (and belle.json template) to use.
+        input: files or folders (.json/.jsonl) or saved datasets.
+        output: JSON-lines file to write.
+        template: prompt template (belle, chatml, qwen, llama2, llama3, raw, model); default: the model's belle.json.
+        max_length: longest sample or packed row, in tokens.
+        overlong: what to do with a longer sample: truncate at a turn boundary, or drop it.
+        pack: pack whole samples into rows of max_length tokens (best fit), positions restarting per sample.
+        from_: force the input format instead of detecting it per record.
+        strict: stop at the first bad record instead of skipping and counting.
+        num_proc: worker processes for encoding (datasets.map).
+    """
+    from belle.dataset import load_conversations, rejected_lines, tokenize_dataset
+    from belle.modeling import load_tokenizer, resolve_template
+
+    if pack and not max_length:
+        raise UsageError("--pack needs --max-length")
+    if not Path(model).is_dir():
+        raise UsageError(f"--model {model}: no such folder")
+    tokenizer = load_tokenizer(model)
+    try:
+        chosen = resolve_template(model, tokenizer, template)
+        conversations = load_conversations(input, from_, "strict" if strict else "skip")
+    except (ValueError, DataError) as e:
+        raise UsageError(str(e)) from None
+    samples, stats = tokenize_dataset(conversations, tokenizer, chosen, max_length, overlong, pack, num_proc)
+    with atomic_output(output) as f:
+        for batch in samples.iter(batch_size=1000):
+            for row in zip(*batch.values()):
+                f.write(json.dumps(dict(zip(batch.keys(), row)), ensure_ascii=False) + "\n")
+    report_rejects(rejected_lines(conversations) if stats.rejected else [], output)
+    stats_path = output.with_name(output.name + ".stats.json")
+    stats_path.write_text(json.dumps({"template": chosen.name, **stats.to_dict()}, indent=2), encoding="utf-8")
+    print(stats.summary())
+    print(f"wrote {output} and {stats_path.name}")
+    return 0
+
+
+VERBS = [convert, tokenize]
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.data") -> int:
+    return run_verbs(VERBS, argv, prog)

@@ -1,0 +1,199 @@
+"""The data pipeline on `datasets`: sources -> Arrow conversations -> encoded samples -> packed rows.
+
+Every stage is an Arrow table on disk, cached by `datasets` (a re-run with the same inputs and
+settings reuses it), and memory stays flat however many records there are. Rejected records stay
+in the conversation table with their reason and `file:line`, so the counts survive the cache.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from belle.conversation import (
+    DataError,
+    Format,
+    Policy,
+    Rejection,
+    iter_source_records,
+    list_data_files,
+    record_to_messages,
+)
+from belle.templates import Template
+from belle.tokenization import Overlong, encode_columns, pack_columns
+
+
+@dataclass
+class TokenizeStats:
+    """What happened to every record, for the console and `*.stats.json`."""
+
+    records: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    max_length: int | None = None
+    rows: int | None = None
+    packing_efficiency: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"records read:   {self.records}",
+            f"rejected:       {sum(self.rejected.values())}" + _reasons(self.rejected),
+            f"dropped:        {sum(self.dropped.values())}" + _reasons(self.dropped),
+            f"samples kept:   {self.samples}",
+            f"tokens:         {self.tokens} ({self.trained_tokens} trained)",
+        ]
+        if self.rows is not None:
+            lines.append(f"packed rows:    {self.rows} of {self.max_length} tokens")
+            lines.append(f"packing efficiency: {self.packing_efficiency:.1%} of slots hold a sample's token")
+        return "\n".join(lines)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return " (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")" if counts else ""
+
+
+def _conversation_rows(sources: list[Any], format: Format | None, policy: Policy, stamps: list[Any]) -> Iterator[dict[str, Any]]:
+    """Rows for `Dataset.from_generator`; `stamps` only makes the cache key change with the files."""
+    for source in sources:
+        for location, default_id, record in iter_source_records(source):
+            try:
+                if isinstance(record, Rejection):
+                    raise record
+                messages = record_to_messages(record, format)
+            except Rejection as rejection:
+                line = f"{location}: {rejection.reason}" + (f": {rejection.detail}" if rejection.detail else "")
+                if policy == "strict":
+                    raise DataError(line) from None
+                yield {"id": default_id, "messages": [], "reject": rejection.reason, "location": line}
+                continue
+            yield {"id": str(record.get("id") or default_id), "messages": messages, "reject": "", "location": location}
+
+
+def load_conversations(sources: Any, format: Format | None = None, policy: Policy = "skip") -> Any:
+    """Read sources (paths, folders, `datasets` datasets, or saved dataset folders) into one Arrow
+    dataset with columns `id`, `messages`, `reject` (empty when kept) and `location`."""
+    from datasets import Dataset, Features, Value, load_from_disk
+
+    if isinstance(sources, (str, Path)) or hasattr(sources, "features"):
+        sources = [sources]
+    resolved, stamps = [], []
+    for source in sources:
+        if isinstance(source, (str, Path)) and (Path(source) / "dataset_info.json").is_file():
+            source = load_from_disk(str(source))
+        if isinstance(source, (str, Path)):
+            files = list_data_files(source)
+            resolved += [str(f) for f in files]
+            stamps += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        else:
+            resolved.append(source)
+            stamps.append(getattr(source, "_fingerprint", None))
+    features = Features({
+        "id": Value("string"),
+        "messages": [{"role": Value("string"), "content": Value("string")}],
+        "reject": Value("string"),
+        "location": Value("string"),
+    })
+    try:
+        return Dataset.from_generator(
+            _conversation_rows,
+            features=features,
+            gen_kwargs={"sources": resolved, "format": format, "policy": policy, "stamps": stamps},
+        )
+    except Exception as e:  # datasets wraps errors raised in the generator
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def rejected_lines(conversations: Any) -> list[str]:
+    """`file:line: reason: detail` for every rejected record, in input order."""
+    return conversations.filter(lambda r: r != "", input_columns="reject").with_format(None)["location"]
+
+
+def tokenize_dataset(
+    conversations: Any,
+    tokenizer: Any,
+    template: Template,
+    max_length: int | None = None,
+    overlong: Overlong = "truncate",
+    pack: bool = False,
+    num_proc: int | None = None,
+    batch_size: int = 1000,
+    pack_window: int = 20_000,
+) -> tuple[Any, TokenizeStats]:
+    """Encode (and optionally pack) the kept conversations; returns the dataset and its stats.
+
+    Unpacked rows have `id`, `input_ids`, `labels`; packed rows have `ids`, `input_ids`, `labels` and
+    `position_ids`. Best-fit packing works within windows of `pack_window` samples.
+    """
+    if pack and not max_length:
+        raise ValueError("packing needs max_length")
+    stats = TokenizeStats(records=len(conversations), max_length=max_length)
+    stats.rejected = _value_counts(conversations, "reject")
+    kept = conversations.filter(lambda r: [x == "" for x in r], input_columns="reject", batched=True)
+    encoded = kept.map(
+        encode_columns,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc,
+        remove_columns=kept.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length, "overlong": overlong},
+        desc="encoding",
+    )
+    stats.dropped = _value_counts(encoded, "drop")
+    samples = encoded.filter(lambda d: [x == "" for x in d], input_columns="drop", batched=True).remove_columns("drop")
+    stats.samples = len(samples)
+    if pack:
+        samples = samples.map(
+            pack_columns,
+            batched=True,
+            batch_size=pack_window,
+            num_proc=num_proc,
+            remove_columns=samples.column_names,
+            fn_kwargs={"max_length": max_length},
+            desc="packing",
+        )
+        stats.rows = len(samples)
+    stats.tokens, stats.trained_tokens = _token_counts(samples)
+    if pack:
+        stats.packing_efficiency = stats.tokens / (stats.rows * max_length) if stats.rows else 0.0
+    return samples, stats
+
+
+def _arrow_batches(dataset: Any, batch_size: int = 10_000) -> Iterator[Any]:
+    """The rows as Arrow record batches (honouring any filter's index mapping)."""
+    return dataset.with_format("arrow").iter(batch_size=batch_size) if len(dataset) else iter(())
+
+
+def _value_counts(dataset: Any, column: str) -> dict[str, int]:
+    """How often each non-empty value of a string column occurs, most common first."""
+    import pyarrow.compute as pc
+
+    counts: Counter[str] = Counter()
+    for batch in _arrow_batches(dataset):
+        for item in pc.value_counts(batch[column]).to_pylist():
+            if item["values"]:
+                counts[item["values"]] += item["counts"]
+    return dict(counts.most_common())
+
+
+def _token_counts(dataset: Any) -> tuple[int, int]:
+    """(all tokens, trained tokens), counted in Arrow without building Python lists."""
+    import pyarrow.compute as pc
+
+    tokens = trained = 0
+    for batch in _arrow_batches(dataset):
+        tokens += pc.sum(pc.list_value_length(batch["input_ids"])).as_py() or 0
+        trained += pc.sum(pc.not_equal(pc.list_flatten(batch["labels"]), -100).cast("int64")).as_py() or 0
+    return tokens, trained

@@ -1,0 +1,215 @@
+"""Loading models and tokenizers, `belle.json` checkpoint info, and the tiny model for tests.
+
+`load_model` loads a full model, a base plus LoRA adapter (or an adapter folder alone), or a GPTQ
+folder, always through safetensors and with `trust_remote_code` off unless asked. `build_tiny_model`
+makes a small random LLaMA and a byte-level BPE tokenizer trained on our bundled Chinese and English
+text, saved as a normal Hugging Face folder, in seconds and without any download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from belle import __version__
+from belle.templates import Template, get_template, to_jinja
+
+logger = logging.getLogger(__name__)
+
+BELLE_JSON = "belle.json"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Markers of the chatml/qwen and llama3 templates, so every template tokenizes them as one token.
+TINY_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
+                       "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def read_checkpoint_info(model_dir: str | Path) -> dict[str, Any]:
+    """The folder's `belle.json` (template name, training config), or `{}` if it has none."""
+    path = Path(model_dir) / BELLE_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def write_checkpoint_info(model_dir: str | Path, template: str, **extra: Any) -> None:
+    info = {"belle_version": __version__, "template": template, **extra}
+    (Path(model_dir) / BELLE_JSON).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def resolve_template(model_dir: str | Path, tokenizer: Any, name: str | None = None) -> Template:
+    """The template to use with a model: `name` if given, else `belle.json`'s, else the tokenizer's own."""
+    name = name or read_checkpoint_info(model_dir).get("template")
+    if name is None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{model_dir}: no belle.json and no chat_template in the tokenizer; name a template")
+        name = "model"
+    return get_template(name, tokenizer)
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
+    """Load a tokenizer whose pad token differs from EOS.
+
+    A model trained with pad == EOS never learns to stop, since EOS positions look like padding
+    (BELLE's FAQ). When they coincide or pad is missing, `<unk>` becomes pad if it exists, else a new
+    `<pad>` token is added; `load_model(..., tokenizer=...)` then grows the embeddings to match.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            logger.warning("%s: added a <pad> token distinct from EOS; the embeddings grow by one row", path)
+    return tokenizer
+
+
+def resolve_dtype(dtype: str = "auto") -> Any:
+    """`auto` is bfloat16 on a GPU that supports it, float16 on other GPUs, float32 on CPU."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+    adapter: str | Path | None = None,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load a causal LM: a full model, a GPTQ folder, or a base plus LoRA `adapter`.
+
+    Args:
+        path: a model folder, or a LoRA adapter folder whose config names its base model.
+        dtype: one of `DTYPES`; ignored for GPTQ weights, which keep their own.
+        device: `cpu`, `cuda`, `cuda:N` or `auto` (spread over GPUs); default: `cuda` if present, else `cpu`.
+        attn_implementation: `sdpa`, `flash_attention_2`, `eager`, ...; default: transformers' choice.
+        adapter: a LoRA adapter folder to apply on top of `path`.
+        tokenizer: if it has more tokens than the model's embeddings (a pad token was added), grow them.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        adapter = path
+        path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=resolve_dtype(dtype),
+        device_map=device,
+        attn_implementation=attn_implementation,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model
+
+
+def tiny_corpus_text() -> str:
+    """Our bundled Chinese and English corpus (about 50 KB), paragraphs separated by blank lines."""
+    return resources.files("belle").joinpath("assets/tiny_corpus.txt").read_text(encoding="utf-8")
+
+
+def tiny_corpus_lines() -> list[str]:
+    """The non-empty lines of the bundled corpus."""
+    return [line for line in tiny_corpus_text().splitlines() if line.strip()]
+
+
+def tiny_corpus_documents() -> list[str]:
+    """Pairs of consecutive paragraphs, so a tokenizer trained on them learns newline merges too."""
+    paragraphs = [p.strip() for p in tiny_corpus_text().split("\n\n") if p.strip()]
+    return ["\n\n".join(paragraphs[i : i + 2]) for i in range(0, len(paragraphs), 2)]
+
+
+def train_bpe_tokenizer(lines: list[str], vocab_size: int, special_tokens: list[str]) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `lines` (no normalizer, no prefix space)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(lines, trainer)
+    return tokenizer
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    vocab_size: int = 4096,
+    hidden_size: int = 128,
+    intermediate_size: int = 384,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_position_embeddings: int = 2048,
+    template: str = "belle",
+    seed: int = 0,
+) -> Path:
+    """Build and save a random LLaMA with a BPE tokenizer trained on the bundled corpus.
+
+    The defaults give about 1.4M parameters (embeddings 2 x 4096 x 128, two layers), which trains
+    on a laptop CPU at hundreds of steps per minute. Returns `out_dir`.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backend = train_bpe_tokenizer(tiny_corpus_documents(), vocab_size, TINY_SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens=TINY_SPECIAL_TOKENS[4:],
+        model_max_length=max_position_embeddings,
+    )
+    tokenizer.chat_template = to_jinja(get_template(template))
+    tokenizer.save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    write_checkpoint_info(out, template, built_by="belle model tiny", seed=seed)
+    return out

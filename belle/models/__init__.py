@@ -1,0 +1,1 @@
+"""Model weights: conversion, decryption and loading."""

@@ -1,0 +1,3 @@
+from belle.models.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""`belle model` / `belle models`: build the tiny model, decrypt BELLE's encrypted releases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from belle.cli import run_verbs
+from belle.models.decrypt import decrypt
+from belle.templates import TEMPLATE_NAMES
+
+
+def tiny(
+    *,
+    out: Path,
+    vocab_size: int = 4096,
+    hidden_size: int = 128,
+    intermediate_size: int = 384,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    template: str = "belle",
+    seed: int = 0,
+) -> int:
+    """Build a small random LLaMA and a BPE tokenizer trained on belle's bundled text, in seconds.
+
+    Args:
+        out: folder to write (a normal Hugging Face model folder plus belle.json).
+        vocab_size: target vocabulary size of the byte-level BPE tokenizer.
+        hidden_size: model width.
+        intermediate_size: MLP width.
+        layers: number of decoder layers.
+        heads: attention heads.
+        kv_heads: key/value heads (grouped-query attention when fewer than heads).
+        template: prompt template recorded in belle.json and saved as the chat_template.
+        seed: seed of the random weights.
+    """
+    from belle.cli import UsageError
+    from belle.modeling import build_tiny_model
+
+    if template not in TEMPLATE_NAMES or template == "model":
+        raise UsageError(f"--template must be one of {', '.join(t for t in TEMPLATE_NAMES if t != 'model')}")
+    if hidden_size % heads or heads % kv_heads:
+        raise UsageError("--hidden-size must be divisible by --heads, and --heads by --kv-heads")
+    build_tiny_model(
+        out, vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, template=template, seed=seed,
+    )
+    print(f"tiny model written to {out}")
+    return 0
+
+
+VERBS = [tiny, decrypt]
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.models") -> int:
+    return run_verbs(VERBS, argv, prog)
