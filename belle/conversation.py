@@ -323,6 +323,12 @@ def _iter_json_array(f: Any, chunk_chars: int, max_record_chars: int = 64 << 20)
         pos = end
 
 
+def _skip(text: str, pos: int, chars: str) -> int:
+    while pos < len(text) and text[pos] in chars:
+        pos += 1
+    return pos
+
+
 def iter_source_records(source: Any) -> Iterator[tuple[str, str, Any]]:
     """Yield `(location, default_id, record)` from a path (file or folder) or a `datasets` dataset.
 
