@@ -47,7 +47,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not sep or not key:
             problems.append(f"override {item!r} is not of the form key=value")
             continue
-        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            problems.append(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})")
+            continue
+        _set_dotted(raw, key.strip(), value if isinstance(value, (dict, list)) else _Override(text.strip(), value))
     config = _build(cls, raw, "", problems)
     if not problems:
         problems.extend(_validate(config, ""))
@@ -87,6 +92,15 @@ def config_keys(cls: type) -> list[str]:
     return keys
 
 
+@dataclasses.dataclass(frozen=True)
+class _Override:
+    """A scalar given on the command line: string fields take its `text` as typed (`path=1.10`
+    stays "1.10", not the float 1.1); every other field takes the YAML `value`."""
+
+    text: str
+    value: Any
+
+
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = raw
@@ -106,10 +120,7 @@ def _build(cls: type[T], raw: Any, prefix: str, problems: list[str]) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            known = [prefix + k for k in config_keys(cls)]
-            nearest = difflib.get_close_matches(prefix + str(key), known, n=1, cutoff=0.5)
-            hint = f"; did you mean {nearest[0]!r}?" if nearest else f"; valid keys: {', '.join(known)}"
-            problems.append(f"unknown key {prefix + str(key)!r}{hint}")
+            problems.append(f"unknown key {prefix + str(key)!r}; " + _suggest(cls, str(key), prefix))
     values = {}
     for name, field in fields.items():
         hint = hints[name]
@@ -125,8 +136,31 @@ def _build(cls: type[T], raw: Any, prefix: str, problems: list[str]) -> T:
         return None  # type: ignore[return-value]  # a required key is missing; already reported
 
 
+def _suggest(cls: type, key: str, prefix: str) -> str:
+    """'did you mean ...' for a misspelt key: a close name in the same section, else a key
+    elsewhere with exactly this name (`r` -> `lora.r`), else the list of valid keys."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    nearest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if nearest:
+        return f"did you mean {prefix + nearest[0]!r}?"
+    known = [prefix + k for k in config_keys(cls)]
+    nested = [k for k in known if k.rsplit(".", 1)[-1] == key]
+    if nested:
+        return f"did you mean {nested[0]!r}?"
+    return f"valid keys: {', '.join(known)}"
+
+
+def _is_text(hint: Any) -> bool:
+    """True for `str`, `Path` and their `Optional`s."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_text(arg) for arg in typing.get_args(hint) if arg is not type(None))
+    return hint in (str, Path)
+
+
 def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
     """Convert a YAML value to `hint`, or record why it cannot be."""
+    if isinstance(value, _Override):
+        value = value.text if _is_text(hint) and value.value is not None else value.value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -143,7 +177,8 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
         if items is None:
             problems.append(f"{key}: expected a list, got {value!r}")
             return value
-        return [_convert(v, args[0], f"{key}[{i}]", problems) for i, v in enumerate(items)]
+        converted = [_convert(v, args[0], f"{key}[{i}]", problems) for i, v in enumerate(items)]
+        return tuple(converted) if origin is tuple else converted
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{key}: expected a mapping, got {value!r}")

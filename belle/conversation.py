@@ -66,6 +66,10 @@ class Rejection(Exception):
         self.reason = reason
         self.detail = detail
 
+    def at(self, location: str) -> str:
+        """The report line: `file:line: reason: detail`."""
+        return f"{location}: {self.reason}" + (f": {self.detail}" if self.detail else "")
+
 
 @dataclass
 class RejectReport:
@@ -80,7 +84,7 @@ class RejectReport:
     keep_lines: bool = True
 
     def add(self, location: str, rejection: Rejection) -> str:
-        line = f"{location}: {rejection.reason}" + (f": {rejection.detail}" if rejection.detail else "")
+        line = rejection.at(location)
         self.counts[rejection.reason] += 1
         if self.keep_lines:
             self.lines.append(line)
@@ -103,6 +107,7 @@ class RejectReport:
 
 def detect_format(record: dict[str, Any]) -> Format:
     """The format of one record, from its keys."""
+    record = {k: v for k, v in record.items() if v is not None}  # datasets fill absent columns with None
     if "conversations" in record:
         return "belle"
     if "messages" in record:
@@ -259,16 +264,18 @@ def list_data_files(source: str | Path) -> list[Path]:
 
 
 def iter_json_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any]]:
-    """Yield `(line, record)` from a JSON-lines file or a JSON array, streaming either.
+    """Yield `(line, record)` from a JSON-lines file, a JSON array, or pretty-printed objects one
+    after another (a file whose first line is a lone `{`), streaming each.
 
-    A line that is not valid JSON yields `(line, Rejection)` and reading goes on. In an array a
-    malformed element ends the file, since no next element can be found reliably.
+    A line that is not valid JSON yields `(line, Rejection)` and reading goes on. In an array or a
+    stream of pretty-printed objects a malformed value ends the file, since no next value can be
+    found reliably.
     """
     with open(path, encoding="utf-8") as f:
-        head = f.read(4096)
+        first = next((line.strip().lstrip("\ufeff").strip() for line in f if line.strip().lstrip("\ufeff")), "")
         f.seek(0)
-        if head.lstrip("\ufeff \t\r\n").startswith("["):
-            yield from _iter_json_array(f, chunk_chars)
+        if first.startswith("[") or first == "{":
+            yield from _iter_json_values(f, chunk_chars, in_array=first.startswith("["))
             return
         for number, line in enumerate(f, start=1):
             line = line.strip().lstrip("\ufeff")
@@ -280,17 +287,20 @@ def iter_json_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[
                 yield number, Rejection("malformed JSON", e.msg)
 
 
-def _iter_json_array(f: Any, chunk_chars: int, max_record_chars: int = 64 << 20) -> Iterator[tuple[int, Any]]:
+def _iter_json_values(f: Any, chunk_chars: int, in_array: bool, max_record_chars: int = 64 << 20) -> Iterator[tuple[int, Any]]:
+    """JSON values separated by whitespace or commas, inside one `[...]` when `in_array`."""
     decoder = json.JSONDecoder()
     buffer, pos, line, counted = "", 0, 1, 0
 
     def refill() -> bool:
         """Drop what was consumed, read one more chunk; False at end of file."""
         nonlocal buffer, pos, line, counted
-        line += buffer.count("\n", counted, pos)
         more = f.read(chunk_chars)
+        if not more:
+            return False  # keep the buffer as it is, so offsets into it stay valid
+        line += buffer.count("\n", counted, pos)
         buffer, pos, counted = buffer[pos:] + more, 0, 0
-        return bool(more)
+        return True
 
     def line_at(offset: int) -> int:
         nonlocal line, counted
@@ -299,23 +309,28 @@ def _iter_json_array(f: Any, chunk_chars: int, max_record_chars: int = 64 << 20)
         return line
 
     refill()
-    pos = _skip(buffer, 0, "\ufeff \t\r\n") + 1  # past the '['
+    pos = _skip(buffer, 0, "\ufeff \t\r\n")
+    while pos >= len(buffer) and refill():  # leading blank lines longer than a chunk
+        pos = _skip(buffer, pos, "\ufeff \t\r\n")
+    pos += in_array  # past the '['
     while True:
-        pos = _skip(buffer, pos, " \t\r\n,")
+        pos = _skip(buffer, pos, "\ufeff \t\r\n,")
         if pos >= len(buffer):
             if refill():
                 continue
-            yield line_at(pos), Rejection("malformed JSON", "the array is not closed with ']'")
+            if in_array:
+                yield line_at(pos), Rejection("malformed JSON", "the array is not closed with ']'")
             return
-        if buffer[pos] == "]":
+        if in_array and buffer[pos] == "]":
             return
         try:
             record, end = decoder.raw_decode(buffer, pos)
-            complete = end < len(buffer)  # a number at the very end may go on in the next chunk
+            # a number cut by the chunk's end ("3." of "3.14", "1e" of "1e5") goes on in the next chunk
+            complete = end < len(buffer) and not (isinstance(record, (int, float)) and buffer[end] in ".eE")
         except json.JSONDecodeError as e:
             if len(buffer) - pos < max_record_chars and refill():
                 continue
-            yield line_at(e.pos), Rejection("malformed JSON", f"{e.msg} (rest of the array skipped)")
+            yield line_at(e.pos), Rejection("malformed JSON", f"{e.msg} (rest of the file skipped)")
             return
         if not complete and refill():
             continue
@@ -329,11 +344,21 @@ def _skip(text: str, pos: int, chars: str) -> int:
     return pos
 
 
+def is_saved_dataset(source: Any) -> bool:
+    """True for a folder written by `datasets.Dataset.save_to_disk`."""
+    return isinstance(source, (str, Path)) and (Path(source) / "dataset_info.json").is_file()
+
+
 def iter_source_records(source: Any) -> Iterator[tuple[str, str, Any]]:
-    """Yield `(location, default_id, record)` from a path (file or folder) or a `datasets` dataset.
+    """Yield `(location, default_id, record)` from a path (file, folder or saved dataset) or a
+    `datasets` dataset.
 
     `location` is `file:line` (or `name:row`); `default_id` is used when a record has no `id`.
     """
+    if is_saved_dataset(source):
+        from datasets import load_from_disk
+
+        source = load_from_disk(str(source))
     if isinstance(source, (str, Path)):
         for path in list_data_files(source):
             for line, record in iter_json_records(path):
@@ -342,6 +367,28 @@ def iter_source_records(source: Any) -> Iterator[tuple[str, str, Any]]:
     name = getattr(getattr(source, "info", None), "dataset_name", None) or "dataset"
     for row, record in enumerate(source, start=1):
         yield f"{name}:{row}", f"{name}-{row}", record
+
+
+def as_source_list(sources: Any) -> list[Any]:
+    """One source (a path or a dataset) or several, as a list."""
+    return [sources] if isinstance(sources, (str, Path)) or hasattr(sources, "features") else list(sources)
+
+
+def iter_parsed(sources: Any, format: Format | None = None) -> Iterator[tuple[str, Conversation | Rejection]]:
+    """Yield `(location, Conversation or Rejection)` for every record of every source, in order."""
+    if format is not None and format not in _PARSERS:
+        raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
+    for source in as_source_list(sources):
+        for location, default_id, record in iter_source_records(source):
+            try:
+                if isinstance(record, Rejection):
+                    raise record
+                messages = record_to_messages(record, format)
+            except Rejection as rejection:
+                yield location, rejection
+                continue
+            record_id = record.get("id")
+            yield location, Conversation(id=default_id if record_id in (None, "") else str(record_id), messages=messages)
 
 
 def read_conversations(
@@ -360,22 +407,15 @@ def read_conversations(
             `strict` raises `DataError("file:line: reason: detail")` at the first one.
     """
     report = report if report is not None else RejectReport(keep_lines=False)
-    if isinstance(sources, (str, Path)) or hasattr(sources, "features"):
-        sources = [sources]
-    for source in sources:
-        for location, default_id, record in iter_source_records(source):
-            try:
-                if isinstance(record, Rejection):
-                    raise record
-                messages = record_to_messages(record, format)
-            except Rejection as rejection:
-                line = report.add(location, rejection)
-                if policy == "strict":
-                    raise DataError(line) from None
-                if on_reject:
-                    on_reject(line)
-                continue
-            yield Conversation(id=str(record.get("id") or default_id), messages=messages)
+    for location, item in iter_parsed(sources, format):
+        if isinstance(item, Conversation):
+            yield item
+            continue
+        line = report.add(location, item)
+        if policy == "strict":
+            raise DataError(line)
+        if on_reject:
+            on_reject(line)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from belle.conversation import (
+    Conversation,
     DataError,
     Format,
     Policy,
-    Rejection,
-    iter_source_records,
+    as_source_list,
+    is_saved_dataset,
+    iter_parsed,
     list_data_files,
-    record_to_messages,
 )
 from belle.templates import Template
 from belle.tokenization import Overlong, encode_columns, pack_columns
@@ -62,19 +63,13 @@ def _reasons(counts: dict[str, int]) -> str:
 
 def _conversation_rows(sources: list[Any], format: Format | None, policy: Policy, stamps: list[Any]) -> Iterator[dict[str, Any]]:
     """Rows for `Dataset.from_generator`; `stamps` only makes the cache key change with the files."""
-    for source in sources:
-        for location, default_id, record in iter_source_records(source):
-            try:
-                if isinstance(record, Rejection):
-                    raise record
-                messages = record_to_messages(record, format)
-            except Rejection as rejection:
-                line = f"{location}: {rejection.reason}" + (f": {rejection.detail}" if rejection.detail else "")
-                if policy == "strict":
-                    raise DataError(line) from None
-                yield {"id": default_id, "messages": [], "reject": rejection.reason, "location": line}
-                continue
-            yield {"id": str(record.get("id") or default_id), "messages": messages, "reject": "", "location": location}
+    for location, item in iter_parsed(sources, format):
+        if isinstance(item, Conversation):
+            yield {"id": item.id, "messages": item.messages, "reject": "", "location": location}
+        elif policy == "strict":
+            raise DataError(item.at(location))
+        else:
+            yield {"id": "", "messages": [], "reject": item.reason, "location": item.at(location)}
 
 
 def load_conversations(sources: Any, format: Format | None = None, policy: Policy = "skip") -> Any:
@@ -82,11 +77,9 @@ def load_conversations(sources: Any, format: Format | None = None, policy: Polic
     dataset with columns `id`, `messages`, `reject` (empty when kept) and `location`."""
     from datasets import Dataset, Features, Value, load_from_disk
 
-    if isinstance(sources, (str, Path)) or hasattr(sources, "features"):
-        sources = [sources]
     resolved, stamps = [], []
-    for source in sources:
-        if isinstance(source, (str, Path)) and (Path(source) / "dataset_info.json").is_file():
+    for source in as_source_list(sources):
+        if is_saved_dataset(source):
             source = load_from_disk(str(source))
         if isinstance(source, (str, Path)):
             files = list_data_files(source)

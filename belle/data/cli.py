@@ -121,10 +121,11 @@ def tokenize(
     except (ValueError, DataError) as e:
         raise UsageError(str(e)) from None
     samples, stats = tokenize_dataset(conversations, tokenizer, chosen, max_length, overlong, pack, num_proc)
+    columns = ["ids", "input_ids", "labels", "position_ids"] if pack else ["id", "input_ids", "labels"]
     with atomic_output(output) as f:
-        for batch in samples.iter(batch_size=1000):
-            for row in zip(*batch.values()):
-                f.write(json.dumps(dict(zip(batch.keys(), row)), ensure_ascii=False) + "\n")
+        for batch in samples.select_columns(columns).iter(batch_size=1000):
+            for row in zip(*(batch[c] for c in columns)):
+                f.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
     report_rejects(rejected_lines(conversations) if stats.rejected else [], output)
     stats_path = output.with_name(output.name + ".stats.json")
     stats_path.write_text(json.dumps({"template": chosen.name, **stats.to_dict()}, indent=2), encoding="utf-8")

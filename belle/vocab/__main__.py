@@ -1,0 +1,3 @@
+from belle.vocab.cli import main
+
+raise SystemExit(main())
