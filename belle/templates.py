@@ -12,6 +12,7 @@ goes the other way: it uses a tokenizer's own Jinja and derives the pieces from 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,14 @@ class Template:
     chat_template: str | None = None
 
 
+CHATML = Template(
+    name="chatml",
+    user="<|im_start|>user\n{content}<|im_end|>\n",
+    assistant_header="<|im_start|>assistant\n",
+    assistant_end="<|im_end|>",
+    separator="\n",
+    system="<|im_start|>system\n{content}<|im_end|>\n",
+)
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
@@ -56,23 +65,8 @@ TEMPLATES: dict[str, Template] = {
             assistant_header="\n\nAssistant: \n",
         ),
         Template(name="raw", system="{content}\n"),
-        Template(
-            name="chatml",
-            user="<|im_start|>user\n{content}<|im_end|>\n",
-            assistant_header="<|im_start|>assistant\n",
-            assistant_end="<|im_end|>",
-            separator="\n",
-            system="<|im_start|>system\n{content}<|im_end|>\n",
-        ),
-        Template(
-            name="qwen",
-            user="<|im_start|>user\n{content}<|im_end|>\n",
-            assistant_header="<|im_start|>assistant\n",
-            assistant_end="<|im_end|>",
-            separator="\n",
-            system="<|im_start|>system\n{content}<|im_end|>\n",
-            default_system="You are a helpful assistant.",
-        ),
+        CHATML,
+        dataclasses.replace(CHATML, name="qwen", default_system="You are a helpful assistant."),
         Template(
             name="llama2",
             user="{bos}[INST] {content} [/INST]",
