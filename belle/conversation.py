@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
-FORMATS = ("belle", "alpaca", "multiturn", "messages", "text")
 Format = Literal["belle", "alpaca", "multiturn", "messages", "text"]
+FORMATS: tuple[str, ...] = typing.get_args(Format)
 Policy = Literal["skip", "strict"]
 ROLES = ("system", "user", "assistant")
 DATA_SUFFIXES = (".json", ".jsonl")

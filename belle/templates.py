@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,54 +193,41 @@ def to_jinja(template: Template) -> str:
     if template.chat_template is not None:
         return template.chat_template
 
-    def text(fmt: str, content: str = "''") -> str:
-        """Jinja output for a format string; `content` is a Jinja expression for `{content}`."""
-        out = fmt
-        parts: list[str] = []
-        while out:
-            cut = min((out.find(k) for k in ("{bos}", "{eos}", "{content}") if k in out), default=-1)
-            if cut == -1:
-                parts.append(_literal(out))
-                break
-            if cut:
-                parts.append(_literal(out[:cut]))
-            key = out[cut:].split("}", 1)[0] + "}"
-            parts.append({"{bos}": "bos_token", "{eos}": "eos_token", "{content}": content}[key])
-            out = out[cut + len(key):]
-        return "{{- " + " + ".join(parts) + " -}}" if parts else ""
+    def out(fmt: str, content: str = "''") -> str:
+        return f"{{{{- {_expression(fmt, content)} -}}}}" if fmt else ""
 
     default = _literal(template.default_system) if template.default_system is not None else "none"
-    system_block = text(template.system, "system")
     if template.system_in_first_user:
+        system_block = ""
         first_user = (
             "{%- if system is not none and (loop.index0 == 0 or (loop.index0 == 1 and messages[0]['role'] == 'system')) -%}"
-            + text(template.user, _jinja_format(template.system, "system") + " + message['content']")
-            + "{%- else -%}" + text(template.user, "message['content']") + "{%- endif -%}"
+            + out(template.user, f"({_expression(template.system, 'system')}) + message['content']")
+            + "{%- else -%}" + out(template.user, "message['content']") + "{%- endif -%}"
         )
-        system_block = ""
     else:
-        first_user = text(template.user, "message['content']")
+        system_block = "{%- if system is not none -%}" + out(template.system, "system") + "{%- endif -%}"
+        first_user = out(template.user, "message['content']")
     return (
         "{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = messages[0]['content'] -%}"
         f"{{%- else -%}}{{%- set system = {default} -%}}{{%- endif -%}}"
-        + text(template.prefix)
-        + (f"{{%- if system is not none -%}}{system_block}{{%- endif -%}}" if system_block else "")
+        + out(template.prefix)
+        + system_block
         + "{%- for message in messages -%}"
         "{%- if message['role'] == 'user' -%}"
         + first_user
-        + "{%- if not loop.last or add_generation_prompt -%}" + text(template.assistant_header) + "{%- endif -%}"
+        + "{%- if not loop.last or add_generation_prompt -%}" + out(template.assistant_header) + "{%- endif -%}"
         "{%- elif message['role'] == 'assistant' -%}"
-        + text("{content}" + template.assistant_end + template.separator, "message['content']")
+        + out("{content}" + template.assistant_end + template.separator, "message['content']")
         + "{%- endif -%}{%- endfor -%}"
     )
 
 
+def _expression(fmt: str, content: str) -> str:
+    """A Jinja expression for a format string: literals joined with `bos_token`, `eos_token` and `content`."""
+    names = {"{bos}": "bos_token", "{eos}": "eos_token", "{content}": content}
+    parts = re.split(r"(\{bos\}|\{eos\}|\{content\})", fmt)
+    return " + ".join(names.get(part) or _literal(part) for part in parts if part)
+
+
 def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
-
-
-def _jinja_format(fmt: str, content: str) -> str:
-    """A Jinja expression (not an output block) for a format string without bos/eos."""
-    before, _, after = fmt.partition("{content}")
-    return f"({_literal(before)} + {content} + {_literal(after)})"
-

@@ -21,3 +21,26 @@ def test_model_tiny_rejects_inconsistent_shapes(belle_cli, tmp_path):
     result = belle_cli("models", "tiny", "--out", str(tmp_path / "t"), "--hidden-size", "30", "--heads", "4")
     assert result.returncode == 2 and "divisible" in result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_models_decrypt_restores_a_release_through_the_cli(belle_cli, tmp_path):
+    """A release smaller than one 10 MiB block: the key file simply repeats over each file."""
+    import hashlib
+    import os
+
+    key = os.urandom(1000)
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "consolidated.00.pth").write_bytes(key)
+    (tmp_path / "enc").mkdir()
+    plain = {"config.json": b'{"model_type": "llama"}', "pytorch_model.bin": os.urandom(5000)}
+    for name, data in plain.items():
+        digest = hashlib.sha256(data).digest()
+        stream = (key * (len(data) // len(key) + 1))[: len(data)]
+        (tmp_path / "enc" / f"{name}.{digest.hex()}.enc").write_bytes(digest + bytes(a ^ b for a, b in zip(data, stream)))
+    result = belle_cli("models", "decrypt", str(tmp_path / "enc"), str(tmp_path / "llama"), str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == plain
+
+    (tmp_path / "llama" / "consolidated.00.pth").write_bytes(os.urandom(1000))
+    wrong = belle_cli("models", "decrypt", str(tmp_path / "enc"), str(tmp_path / "llama"), str(tmp_path / "out2"))
+    assert wrong.returncode == 2 and "sha256" in wrong.stderr
