@@ -11,9 +11,11 @@ piece) is timed on a subset against the limit on the same subset.
 Memory: peak RSS of a child process running the full Arrow pipeline,
 `load_conversations(jsonl)` then `tokenize_dataset(..., max_length=2048)`, over M conversations
 written as a BELLE-format JSONL file in a temporary folder (with its own HF_DATASETS_CACHE,
-deleted at the end). Goal: < 2 GB (2 * 10**9 bytes). The peak is split into anonymous memory (the
-private heap) and file-backed pages (the memory-mapped Arrow cache files, which the kernel drops
-and re-reads under memory pressure); see benchmarks/README.md for what each means.
+deleted at the end). Goal: the pipeline completes inside a 2 GB (2 * 10**9 bytes) memory cgroup
+that counts page cache too, with no process killed; without a writable cgroup the private heap
+must stay under 2 GB. The peak is split into anonymous memory (the private heap) and file-backed
+pages (the memory-mapped Arrow cache files, which the kernel drops and re-reads under memory
+pressure); see benchmarks/README.md for why the limit is enforced rather than RSS read bare.
 
 Usage:
     python benchmarks/bench_tokenize.py                    # 200k speed, 2M memory (~20-30 min)
