@@ -94,7 +94,10 @@ def _add_parameters(parser: argparse.ArgumentParser, verb: Callable[..., Any], d
     hints = typing.get_type_hints(verb)
     for param in inspect.signature(verb).parameters.values():
         kind, choices, is_list = _unwrap(hints[param.name])
-        options: dict[str, Any] = {"help": docs.get(param.name, "").replace("%", "%%")}  # argparse %-formats help
+        help_text = docs.get(param.name, "")
+        if param.default not in (inspect.Parameter.empty, None) and not isinstance(param.default, bool):
+            help_text += f" (default: {param.default})"
+        options: dict[str, Any] = {"help": help_text.replace("%", "%%")}  # argparse %-formats help text
         if param.kind is inspect.Parameter.KEYWORD_ONLY:
             flag = "--" + param.name.rstrip("_").replace("_", "-")
             options["dest"] = param.name
@@ -116,8 +119,6 @@ def _add_parameters(parser: argparse.ArgumentParser, verb: Callable[..., Any], d
             options["choices"] = choices
         if is_list:
             options["nargs"] = "+" if param.default is inspect.Parameter.empty else "*"
-        if param.default not in (inspect.Parameter.empty, None) and not isinstance(param.default, bool):
-            options["help"] += f" (default: {param.default})".replace("%", "%%")
         parser.add_argument(*names, **options)
 
 

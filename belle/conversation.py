@@ -273,7 +273,7 @@ def iter_json_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[
     found reliably.
     """
     with open(path, encoding="utf-8") as f:
-        first = next((line.strip().lstrip("\ufeff").strip() for line in f if line.strip().lstrip("\ufeff")), "")
+        first = next(filter(None, (line.lstrip("\ufeff").strip() for line in f)), "")
         f.seek(0)
         if first.startswith("[") or first == "{":
             yield from _iter_json_values(f, chunk_chars, in_array=first.startswith("["))

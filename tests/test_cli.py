@@ -192,17 +192,19 @@ def test_top_level_help_lists_verbs_with_their_first_doc_line(run, capsys):
 
 
 def test_help_text_may_contain_a_percent_sign(capsys):
-    def keep(*, share: float = 0.9) -> None:
+    def keep(*, share: float = 0.9, exact: bool = False) -> None:
         """Keep part of the data.
 
         Args:
             share: fraction to keep, e.g. 0.9 keeps 90% of records.
+            exact: keep exactly 100% of the rounding.
         """
 
     with pytest.raises(SystemExit) as e:
         run_verbs([keep], ["keep", "--help"], "prog")
     assert e.value.code == 0
-    assert "90% of records" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "90% of records" in out and "exactly 100% of" in out
 
 
 # ---------------------------------------------------------------------------------------------
