@@ -24,6 +24,7 @@ JOBS = {
     "model": "belle.models.cli",
     "models": "belle.models.cli",
     "data": "belle.data.cli",
+    "train": "belle.train.cli",
     "vocab": "belle.vocab.cli",
 }
 
@@ -45,11 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return module.main(rest, prog=f"belle {job}")
 
 
-def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, prog: str) -> int:
-    """Parse `argv` as `VERB [args]`, call the verb, and turn `UsageError` into a message and exit 2."""
+def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # torchao, imported by peft and transformers' quantizers, warns about torch internals on import.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, prog: str) -> int:
+    """Parse `argv` as `VERB [args]`, call the verb, and turn `UsageError` into a message and exit 2."""
+    setup_logging()
     parser = argparse.ArgumentParser(prog=prog)
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in verbs:

@@ -189,6 +189,8 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
         problems.append(f"{key}: expected true or false, got {value!r}")
         return value
     if hint in (int, float):
+        if isinstance(value, str):
+            value = _yaml11_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{key}: expected a number, got {value!r}")
             return value
@@ -202,6 +204,14 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
             return value
         return hint(value)
     return value
+
+
+def _yaml11_number(text: str) -> Any:
+    """`1e-3` as a number: PyYAML follows YAML 1.1, which reads exponents without a dot as strings."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _validate(config: Any, prefix: str) -> list[str]:

@@ -23,7 +23,7 @@ from belle.conversation import (
     list_data_files,
 )
 from belle.templates import Template
-from belle.tokenization import Overlong, encode_columns, pack_columns
+from belle.tokenization import Overlong, encode_columns, encode_document_columns, pack_columns
 
 
 @dataclass
@@ -122,7 +122,7 @@ def load_conversations(sources: Any, format: Format | None = None, policy: Polic
 
 def rejected_lines(conversations: Any) -> list[str]:
     """`file:line: reason: detail` for every rejected record, in input order."""
-    return conversations.filter(lambda r: r != "", input_columns="reject").with_format(None)["location"]
+    return list(conversations.filter(lambda r: r != "", input_columns="reject").with_format(None)["location"])
 
 
 def tokenize_dataset(
@@ -135,25 +135,34 @@ def tokenize_dataset(
     num_proc: int | None = None,
     batch_size: int = 1000,
     pack_window: int = 20_000,
+    documents: bool = False,
 ) -> tuple[Any, TokenizeStats]:
     """Encode (and optionally pack) the kept conversations; returns the dataset and its stats.
 
     Unpacked rows have `id`, `input_ids`, `labels`; packed rows have `ids`, `input_ids`, `labels` and
-    `position_ids`. Best-fit packing works within windows of `pack_window` samples.
+    `position_ids`. Best-fit packing works within windows of `pack_window` samples. With `documents`
+    (continued pretraining), each record is one text, trained on every token, chunked to
+    `max_length` and always packed.
     """
-    if pack and not max_length:
+    if (pack or documents) and not max_length:
         raise ValueError("packing needs max_length")
+    pack = pack or documents
+    encoder, encoder_kwargs = (
+        (encode_document_columns, {"tokenizer": tokenizer, "max_length": max_length})
+        if documents
+        else (encode_columns, {"tokenizer": tokenizer, "template": template, "max_length": max_length, "overlong": overlong})
+    )
     stats = TokenizeStats(records=len(conversations), max_length=max_length)
     stats.rejected = _value_counts(conversations, "reject")
     kept = conversations.filter(lambda r: [x == "" for x in r], input_columns="reject", batched=True)
     encoded = kept.map(
-        encode_columns,
+        encoder,
         batched=True,
         batch_size=batch_size,
         num_proc=num_proc,
         remove_columns=kept.column_names,
         features=_features(packed=False),
-        fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length, "overlong": overlong},
+        fn_kwargs=encoder_kwargs,
         desc="encoding",
     )
     stats.dropped = _value_counts(encoded, "drop")

@@ -117,13 +117,19 @@ def load_model(
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
-    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None:
+        grow_embeddings(model, tokenizer)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
     return model
+
+
+def grow_embeddings(model: Any, tokenizer: Any) -> None:
+    """Give the model an embedding row for every token of the tokenizer (a pad token was added)."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
 
 
 def tiny_corpus_text() -> str:

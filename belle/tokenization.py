@@ -86,6 +86,27 @@ def encode_columns(
     }
 
 
+def encode_document_columns(batch: dict[str, list[Any]], tokenizer: Any, max_length: int) -> dict[str, list[Any]]:
+    """`datasets.map(batched=True)` function for continued pretraining: columns `id`, `messages`
+    (one assistant message holding a document) -> `id`, `input_ids`, `labels`, `drop`.
+
+    Each document becomes its tokens plus EOS, every token trained, cut into chunks of at most
+    `max_length` so that nothing is lost; chunk `k` of document `id` is named `id#k`.
+    """
+    texts = [messages[-1]["content"] for messages in batch["messages"]]
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"] if texts else []
+    out: dict[str, list[Any]] = {"id": [], "input_ids": [], "labels": [], "drop": []}
+    for doc_id, tokens in zip(batch["id"], ids):
+        tokens = tokens + [tokenizer.eos_token_id]
+        for k, start in enumerate(range(0, len(tokens), max_length)):
+            chunk = tokens[start : start + max_length]
+            out["id"].append(f"{doc_id}#{k}")
+            out["input_ids"].append(chunk)
+            out["labels"].append(chunk)
+            out["drop"].append("")
+    return out
+
+
 def pack(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     """Best-fit decreasing: group sample indices into rows of at most `max_length` tokens.
 

@@ -1,0 +1,3 @@
+from belle.train.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""`belle train --config FILE.yaml [key=value ...]` and `belle train merge`.
+
+Runs the same under one process, `torchrun`, `accelerate launch` and the `deepspeed` launcher (which
+adds `--local_rank`; the rank is read from the environment instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from belle.cli import UsageError, run_verbs, setup_logging
+from belle.config import ConfigError, config_keys, load_config
+from belle.modeling import DTYPES
+from belle.train.config import TrainConfig
+
+
+def merge(*, base: Path, adapter: Path, out: Path, dtype: str = "float32") -> int:
+    """Merge a LoRA adapter into its base model and save a full model folder.
+
+    Args:
+        base: the base model folder the adapter was trained on.
+        adapter: the LoRA run's output folder (adapter_config.json, adapter_model.safetensors).
+        out: folder to write the merged model to.
+        dtype: dtype of the merged weights: float32, bfloat16 or float16.
+    """
+    from belle.train.merge import merge_adapter
+
+    if dtype not in DTYPES[1:]:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES[1:])}")
+    for name, path, needed in (("--base", base, "config.json"), ("--adapter", adapter, "adapter_config.json")):
+        if not (path / needed).is_file():
+            raise UsageError(f"{name} {path}: no {needed} there")
+    merge_adapter(base, adapter, out, dtype)
+    print(f"merged {adapter} into {base}: {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.train") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["merge"]:
+        return run_verbs([merge], argv, prog)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a model: sft, pt or dpo; full, lora or qlora. Also: `merge` (see merge --help).",
+        epilog="keys: " + ", ".join(config_keys(TrainConfig)),
+    )
+    parser.add_argument("--config", type=Path, help="YAML config (see train/configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. output_dir=runs/a lora.r=8")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    setup_logging()
+    from belle.train.run import train
+
+    try:
+        config = load_config(TrainConfig, args.config, args.overrides)
+        train(config)
+    except (ConfigError, UsageError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

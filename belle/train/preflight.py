@@ -1,0 +1,108 @@
+"""Checks that need the file system or the hardware, run before any model or data is loaded.
+
+Each returns one sentence per problem; `check_run` collects them all so a user fixes everything in
+one go instead of meeting the problems one model load at a time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from belle.train.config import TrainConfig
+
+def resolve_precision(precision: str) -> str:
+    """`auto` is bf16 on a GPU that supports it, fp16 on other GPUs, and fp32 on CPU."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def check_run(config: TrainConfig) -> list[str]:
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    problems = _check_paths(config)
+    if config.model.attn_implementation == "flash_attention_2":
+        if not has_gpu:
+            problems.append("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
+        elif importlib.util.find_spec("flash_attn") is None:
+            problems.append("model.attn_implementation: flash_attention_2 needs the flash-attn package; use sdpa or install it")
+    if config.method == "qlora":
+        if not has_gpu:
+            problems.append("method: qlora loads the base model in 4 bits with bitsandbytes, which needs a CUDA GPU; use method=lora on CPU")
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("method: qlora needs the bitsandbytes package (pip install bitsandbytes)")
+    if config.training.precision in ("fp16", "bf16") and not has_gpu:
+        problems.append(f"training.precision: {config.training.precision} needs a GPU; use auto or fp32 on CPU")
+    if config.training.deepspeed:
+        problems += check_deepspeed(Path(config.training.deepspeed), config, resolve_precision(config.training.precision))
+    return problems
+
+
+def _check_paths(config: TrainConfig) -> list[str]:
+    problems = []
+    model = Path(config.model.path)
+    if not (model / "config.json").is_file():
+        what = "does not exist" if not model.exists() else "has no config.json"
+        problems.append(f"model.path: {model} {what}; give a Hugging Face model folder")
+    for key in ("train_files", "validation_files"):
+        for name in getattr(config.data, key):
+            if not Path(name).exists():
+                problems.append(f"data.{key}: {name} does not exist")
+    if config.resume not in ("auto", "never") and not Path(config.resume).is_dir():
+        problems.append(f"resume: {config.resume} is not a checkpoint folder; use auto, never or a checkpoint-N folder")
+    return problems
+
+
+def check_deepspeed(path: Path, config: TrainConfig, precision: str) -> list[str]:
+    """Values fixed in the DeepSpeed JSON must agree with ours; "auto" values are filled from ours."""
+    where = f"training.deepspeed: {path}"
+    if not path.is_file():
+        return [f"{where} does not exist; see train/configs/ds_zero*.json"]
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        return [f"{where} is not valid JSON ({e})"]
+    if not isinstance(ds, dict):
+        return [f"{where} must hold a JSON object"]
+    t = config.training
+    problems = []
+    for keys, ours, name in (
+        (("train_micro_batch_size_per_gpu",), t.batch_size, "training.batch_size"),
+        (("gradient_accumulation_steps",), t.gradient_accumulation_steps, "training.gradient_accumulation_steps"),
+        (("gradient_clipping",), t.max_grad_norm, "training.max_grad_norm"),
+        (("optimizer", "params", "lr"), t.learning_rate, "training.learning_rate"),
+        (("optimizer", "params", "weight_decay"), t.weight_decay, "training.weight_decay"),
+    ):
+        theirs = _get(ds, *keys)
+        if theirs not in (None, "auto") and theirs != ours:
+            key = ".".join(keys)
+            problems.append(f"{where} sets {key} to {theirs} but {name} is {ours}; set it to \"auto\" or make them agree")
+    for section in ("bf16", "fp16"):
+        enabled = _get(ds, section, "enabled")
+        if enabled not in (None, "auto") and bool(enabled) != (precision == section):
+            problems.append(
+                f"{where} sets {section}.enabled to {str(enabled).lower()} but the run's precision is {precision}; "
+                f"set it to \"auto\" or set training.precision"
+            )
+    stage = _get(ds, "zero_optimization", "stage")
+    if config.method == "qlora" and stage == 3:
+        problems.append(f"{where} uses ZeRO-3, which cannot shard a 4-bit bitsandbytes model; use ZeRO-2 with method=qlora")
+    if _get(ds, "zero_optimization", "offload_param", "device") not in (None, "none") and stage != 3:
+        problems.append(f"{where} offloads parameters, which only ZeRO-3 does; set zero_optimization.stage to 3")
+    return problems
+
+
+def _get(tree: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(key)
+    return tree
