@@ -80,6 +80,8 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full beside the adapters, e.g. [embed_tokens, lm_head] after extending the vocabulary."""
 
     def problems(self) -> list[str]:
         problems = []
@@ -130,7 +132,8 @@ class TrainingConfig:
     deepspeed: str | None = None
     """A DeepSpeed JSON config, e.g. train/configs/ds_zero3.json."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    dataloader_num_workers: int = 0
+    ddp_timeout: int = 1800
+    """Seconds a rank waits for the others (long tokenization or ZeRO-3 saves of big models need more)."""
 
     def problems(self) -> list[str]:
         problems = []

@@ -121,6 +121,7 @@ def training_arguments(config: TrainConfig, precision: str) -> Any:
         report_to=t.report_to or "none",
         deepspeed=t.deepspeed,
         ddp_find_unused_parameters=False,
+        ddp_timeout=t.ddp_timeout,
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -257,7 +258,12 @@ def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> An
         )
     lora = config.lora
     peft_config = LoraConfig(
-        task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=list(lora.modules_to_save) or None,
     )
     model = get_peft_model(model, peft_config)
     model.print_trainable_parameters()
