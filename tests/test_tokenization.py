@@ -9,6 +9,7 @@ import torch
 from belle.conversation import read_conversations, to_belle
 from belle.templates import get_template, render_pieces
 from belle.tokenization import (
+    encode_document_columns,
     DROP_NO_TRAINED,
     DROP_TOO_LONG,
     IGNORE_INDEX,
@@ -237,3 +238,17 @@ def test_packed_forward_with_the_default_cache_attends_across_samples(packed_cas
 def test_encoded_samples_serialise_as_json(tokenizer):
     sample = encode_batch(TRICKY[:1], tokenizer, BELLE)[0]
     assert json.loads(json.dumps({"input_ids": sample.input_ids, "labels": sample.labels}))["labels"] == sample.labels
+
+
+def test_documents_end_with_eos_and_are_chunked_without_losing_a_token(tokenizer):
+    """Continued pretraining: every token of a long text and its EOS land in chunks of at most
+    max_length, all trained, in order."""
+    text = "早晨的菜市场是城市里最有生活气息的地方。" * 20
+    batch = {"id": ["doc"], "messages": [[{"role": "assistant", "content": text}]]}
+    out = encode_document_columns(batch, tokenizer, max_length=16)
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert len(out["input_ids"]) == -(-len(expected) // 16) > 1
+    assert all(len(chunk) <= 16 for chunk in out["input_ids"])
+    assert [t for chunk in out["input_ids"] for t in chunk] == expected
+    assert out["labels"] == out["input_ids"]
+    assert out["id"] == [f"doc#{k}" for k in range(len(out["input_ids"]))]

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from belle.train.checkpoints import checkpoint_step, list_checkpoints
 from belle.train.config import TrainConfig
 
 def resolve_precision(precision: str) -> str:
@@ -38,7 +39,7 @@ def check_run(config: TrainConfig) -> list[str]:
         if not has_gpu:
             problems.append("method: qlora loads the base model in 4 bits with bitsandbytes, which needs a CUDA GPU; use method=lora on CPU")
         elif importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("method: qlora needs the bitsandbytes package (pip install bitsandbytes)")
+            problems.append("method: qlora needs bitsandbytes: pip install 'belle[qlora]'")
     if config.training.precision in ("fp16", "bf16") and not has_gpu:
         problems.append(f"training.precision: {config.training.precision} needs a GPU; use auto or fp32 on CPU")
     if config.training.deepspeed:
@@ -58,7 +59,27 @@ def _check_paths(config: TrainConfig) -> list[str]:
                 problems.append(f"data.{key}: {name} does not exist")
     if config.resume not in ("auto", "never") and not Path(config.resume).is_dir():
         problems.append(f"resume: {config.resume} is not a checkpoint folder; use auto, never or a checkpoint-N folder")
+    problems += _check_overwrite(config)
     return problems
+
+
+def _check_overwrite(config: TrainConfig) -> list[str]:
+    """A run writes checkpoint-N folders; an earlier run's complete ones with the same names would be
+    overwritten file by file and keep their COMPLETE marker while half-written."""
+    complete = [path for _, path, done in list_checkpoints(config.output_dir) if done]
+    if config.resume == "never":
+        later = complete
+    elif config.resume == "auto":
+        later = []
+    else:
+        step = checkpoint_step(Path(config.resume))
+        later = [path for path in complete if step is not None and (checkpoint_step(path) or 0) > step]
+    if not later:
+        return []
+    return [
+        f"resume: {config.output_dir} holds checkpoints this run would overwrite ({', '.join(p.name for p in later)}); "
+        f"resume=auto continues from the newest, or choose another output_dir"
+    ]
 
 
 def check_deepspeed(path: Path, config: TrainConfig, precision: str) -> list[str]:

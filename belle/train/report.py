@@ -6,48 +6,46 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import TrainerCallback
 
-from belle.tokenization import IGNORE_INDEX, collate
-
-
-@dataclass
-class CountingCollator:
-    """`collate` that also counts the trained tokens and samples it has batched on this rank.
-
-    Packed rows count one sample per sample they hold. The Trainer fetches one batch ahead, so over
-    a logging interval the counts run at most one batch early.
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-    trained_tokens: int = 0
-    samples: int = 0
-
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate(rows, self.pad_token_id, self.pad_to_multiple_of)
-        self.trained_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-        self.samples += sum(len(row["ids"]) if "ids" in row else 1 for row in rows)
-        return batch
+from belle.tokenization import IGNORE_INDEX
 
 
 @dataclass
 class ThroughputCallback(TrainerCallback):
     """Adds `trained_tokens_per_second` and `samples_per_second` (all ranks together) to every
-    training log line, and totals for the whole session to `totals` at the end."""
+    training log line, and totals for the whole session to `totals` at the end.
 
-    collator: CountingCollator
+    The counts come from a forward pre-hook on the model, so they are exactly the batches trained
+    on, whatever the data loader prefetches. A packed row counts one sample per sample it holds
+    (its `position_ids` restart at 0 on a token that is not padding).
+    """
+
+    pad_token_id: int
     totals: dict[str, float] = field(default_factory=dict)
+    trained_tokens: int = 0
+    samples: int = 0
+    _hook: Any = None
     _last: tuple[float, int, int] = (0.0, 0, 0)
     _start: tuple[float, int, int] = (0.0, 0, 0)
+
+    def _count(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        if not module.training or kwargs.get("labels") is None:
+            return
+        labels, input_ids, positions = kwargs["labels"], kwargs["input_ids"], kwargs.get("position_ids")
+        self.trained_tokens += int((labels != IGNORE_INDEX).sum())
+        if positions is not None:
+            self.samples += int(((positions == 0) & (input_ids != self.pad_token_id)).sum())
+        else:
+            self.samples += int((labels != IGNORE_INDEX).any(dim=-1).sum())
 
     def _now(self) -> tuple[float, int, int]:
         import torch
         import torch.distributed as dist
 
-        counts = torch.tensor([self.collator.trained_tokens, self.collator.samples], dtype=torch.int64)
+        counts = torch.tensor([self.trained_tokens, self.samples], dtype=torch.int64)
         if dist.is_available() and dist.is_initialized():
             device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
             counts = counts.to(device)
@@ -55,7 +53,8 @@ class ThroughputCallback(TrainerCallback):
         tokens, samples = counts.tolist()
         return time.perf_counter(), tokens, samples
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
         self._start = self._last = self._now()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
@@ -69,6 +68,7 @@ class ThroughputCallback(TrainerCallback):
             state.log_history[-1].update(rates)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._hook.remove()
         end = self._now()
         self.totals = {"trained_tokens": end[1] - self._start[1], "samples": end[2] - self._start[2], **_rates(self._start, end)}
 

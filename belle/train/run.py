@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ from belle.conversation import DataError
 from belle.dataset import TokenizeStats, load_conversations, rejected_lines, tokenize_dataset
 from belle.modeling import grow_embeddings, load_tokenizer, resolve_template, write_checkpoint_info
 from belle.templates import Template, to_jinja
+from belle.tokenization import collate
 from belle.train.checkpoints import CheckpointCallback, remove_incomplete, resolve_resume
 from belle.train.config import TrainConfig
 from belle.train.preflight import check_run, resolve_precision
-from belle.train.report import CountingCollator, ThroughputCallback, write_report
+from belle.train.report import ThroughputCallback, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def train(config: TrainConfig) -> Path:
     """Run the whole job described by `config`; returns the folder of the final model."""
     problems = check_run(config)
     if problems:
-        raise UsageError("\n  ".join([f"{len(problems)} problem(s):", *problems]))
+        raise UsageError(f"{len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
     precision = resolve_precision(config.training.precision)
     output_dir = Path(config.output_dir)
     args = training_arguments(config, precision)
@@ -283,8 +285,8 @@ def build_trainer(config: TrainConfig, args: Any, model: Any, tokenizer: Any, da
     import torch
     from transformers import Trainer
 
-    collator = CountingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
-    throughput = ThroughputCallback(collator)
+    collator = partial(collate, pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    throughput = ThroughputCallback(tokenizer.pad_token_id)
     trainer = Trainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
         data_collator=collator, processing_class=tokenizer, callbacks=[checkpoints],
