@@ -150,6 +150,12 @@ class TrainingConfig:
             problems.append(f"warmup_ratio: {self.warmup_ratio} must be in [0, 1)")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             problems.append(f"save_total_limit: must be at least 1, not {self.save_total_limit}")
+        from transformers import SchedulerType
+        from transformers.training_args import OptimizerNames
+
+        for name, allowed in (("lr_scheduler", [s.value for s in SchedulerType]), ("optim", [o.value for o in OptimizerNames])):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}: {getattr(self, name)!r} is not one of transformers' {', '.join(allowed)}")
         return problems
 
 

@@ -138,24 +138,17 @@ def training_arguments(config: TrainConfig, precision: str) -> Any:
             max_length=config.data.max_length,
             dataset_num_proc=config.data.num_proc,
         )
-        _init_deepspeed_on_cpu(args)
-        return args
-    from transformers import TrainingArguments
+    else:
+        from transformers import TrainingArguments
 
-    args = TrainingArguments(**kwargs, remove_unused_columns=False)
-    _init_deepspeed_on_cpu(args)
-    return args
-
-
-def _init_deepspeed_on_cpu(args: Any) -> None:
-    """On CPU, accelerate sets up the gloo process group but not DeepSpeed's view of it, and
-    DeepSpeed would size its batch for one process; give DeepSpeed the same group."""
-    import torch
-
+        args = TrainingArguments(**kwargs, remove_unused_columns=False)
     if args.deepspeed and args.use_cpu and args.world_size > 1:
+        # On CPU, accelerate sets up the gloo process group but not DeepSpeed's view of it, and
+        # DeepSpeed would size its batch for one process.
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
+    return args
 
 
 def prepare_data(config: TrainConfig, tokenizer: Any, template: Template) -> TrainData:
