@@ -185,6 +185,8 @@ class TrainConfig:
             problems.append(f"dpo: DPO options are set but stage is {self.stage}; set stage=dpo or remove them")
         if self.stage == "pt" and self.data.format not in (None, "text"):
             problems.append(f"data.format: stage pt reads {{\"text\"}} records, not {self.data.format}")
+        if self.stage == "dpo" and (self.data.pack or self.data.format is not None):
+            problems.append("data.pack, data.format: stage dpo reads {\"prompt\", \"chosen\", \"rejected\"} pairs unpacked; remove them")
         if self.stage != "sft" and self.data.overlong != "truncate":
             problems.append(f"data.overlong: only applies to stage sft, not {self.stage}")
         return problems
