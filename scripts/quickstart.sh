@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, build the tiny model, and fine-tune it on our sample conversations (about a minute on CPU).
+# Set up, build the tiny model, and fine-tune it on our sample conversations (under a minute on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
