@@ -30,7 +30,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -48,6 +47,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from machine_info import machine_info  # noqa: E402  (benchmarks/machine_info.py, beside this script)
 
 SPEED_GOAL = 1.2  # belle / limit
 MEMORY_GOAL_BYTES = 2 * 10**9
@@ -483,30 +484,6 @@ def memory_benchmark(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]
 # ---------------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import tokenizers
-    import transformers
-    import datasets
-
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "datasets": datasets.__version__,
-        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "(unset)"),
-    }
-
-
 def table(rows: list[tuple[str, str, str, str]]) -> str:
     header = ("metric", "value", "goal", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
@@ -540,7 +517,7 @@ def main() -> int:
         child_memory(Path(args.child_memory), args.num_proc, args.cgroup)
         return 0
 
-    info = machine()
+    info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; python {info['python']}, transformers {info['transformers']}, "
           f"tokenizers {info['tokenizers']}, datasets {info['datasets']}, TOKENIZERS_PARALLELISM={info['tokenizers_parallelism']}")
     results: dict[str, Any] = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "child_memory"}}

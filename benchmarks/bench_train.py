@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -74,6 +73,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from machine_info import machine_info  # noqa: E402  (benchmarks/machine_info.py, beside this script)
 
 EFFICIENCY_GOAL = 0.95  # packed slots holding a sample's token
 SPEEDUP_GOAL = 1.5  # packing / padding, trained tokens per second
@@ -287,31 +288,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    import datasets
-    import torch
-    import transformers
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -365,7 +341,7 @@ def main() -> int:
 def benchmark(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> int:
     import torch
 
-    info = machine()
+    info = machine_info()
     gpu = info["gpu"] is not None
     load_before = os.getloadavg()
     print(f"machine: {info['gpu'] or info['cpu']}, {info['cores']} cores; python {info['python']}, torch {info['torch']}, "
