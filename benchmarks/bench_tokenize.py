@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from machine_info import machine_info  # noqa: E402  (benchmarks/machine_info.py, beside this script)
+from bench_common import finish, machine_info  # noqa: E402  (beside this script)
 
 SPEED_GOAL = 1.2  # belle / limit
 MEMORY_GOAL_BYTES = 2 * 10**9
@@ -586,13 +586,8 @@ def main() -> int:
             ("pipeline throughput (load + encode)",
              f"{memory['conversations'] / (memory['load_seconds'] + memory['tokenize_seconds']):,.0f} conv/s", "-", "-"),
         ]
-    results["passed"] = ok
     print("\n" + table(rows))
-    print(f"\noverall: {'PASS' if ok else 'FAIL'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-        print(f"results written to {args.json}")
-    return 0 if ok else 1
+    return finish(results, ok, args.json)
 
 
 if __name__ == "__main__":

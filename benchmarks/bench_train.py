@@ -74,7 +74,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from machine_info import machine_info  # noqa: E402  (benchmarks/machine_info.py, beside this script)
+from bench_common import finish, machine_info  # noqa: E402  (beside this script)
 
 EFFICIENCY_GOAL = 0.95  # packed slots holding a sample's token
 SPEEDUP_GOAL = 1.5  # packing / padding, trained tokens per second
@@ -430,12 +430,7 @@ def benchmark(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> i
     print("\n" + table(("metric", "value", "goal", "result"), [(g, v, t, "PASS" if ok else "FAIL") for g, v, t, ok in goals]))
     passed = all(ok for *_, ok in goals)
     results["goals"] = {g: {"value": v, "target": t, "passed": ok} for g, v, t, ok in goals}
-    results["passed"] = passed
-    print(f"\noverall: {'PASS' if passed else 'FAIL'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-        print(f"results written to {args.json}")
-    return 0 if passed else 1
+    return finish(results, passed, args.json)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Where a benchmark ran: CPU model, cores, GPU and library versions, for its table and JSON."""
+"""What every benchmark reports: where it ran (CPU, cores, GPU, library versions) and its verdict."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -36,3 +37,13 @@ def machine_info() -> dict[str, Any]:
         "datasets": datasets.__version__,
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "(unset)"),
     }
+
+
+def finish(results: dict[str, Any], passed: bool, json_path: str | None) -> int:
+    """Print the verdict, write `results` as JSON if asked; the exit code is 0 only if every goal passed."""
+    results["passed"] = passed
+    print(f"\noverall: {'PASS' if passed else 'FAIL'}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+        print(f"results written to {json_path}")
+    return 0 if passed else 1
