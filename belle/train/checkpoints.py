@@ -40,6 +40,11 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path, bool]]:
     return sorted(found)
 
 
+def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) for every checkpoint that holds its `COMPLETE` marker, oldest first."""
+    return [(step, path) for step, path, done in list_checkpoints(output_dir) if done]
+
+
 def resolve_resume(output_dir: str | Path, resume: str) -> Path | None:
     """The checkpoint to resume from: `never` -> None, `auto` -> the newest complete one (or None),
     anything else -> that folder, which must be a complete checkpoint."""
@@ -50,8 +55,8 @@ def resolve_resume(output_dir: str | Path, resume: str) -> Path | None:
         if not (path / MARKER).is_file():
             raise ValueError(f"resume={resume}: not a complete checkpoint (it has no {MARKER} marker)")
         return path
-    complete = [path for _, path, done in list_checkpoints(output_dir) if done]
-    return complete[-1] if complete else None
+    complete = complete_checkpoints(output_dir)
+    return complete[-1][1] if complete else None
 
 
 def remove_incomplete(output_dir: str | Path) -> list[Path]:
@@ -87,7 +92,6 @@ class CheckpointCallback(TrainerCallback):
     def _rotate(self, output_dir: Path) -> None:
         if self.save_total_limit is None:
             return
-        complete = [path for _, path, done in list_checkpoints(output_dir) if done]
-        for path in complete[: -self.save_total_limit]:
+        for _, path in complete_checkpoints(output_dir)[: -self.save_total_limit]:
             logger.info("removing %s (save_total_limit=%d)", path, self.save_total_limit)
             shutil.rmtree(path, ignore_errors=True)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from belle.train.checkpoints import checkpoint_step, list_checkpoints
+from belle.train.checkpoints import checkpoint_step, complete_checkpoints
 from belle.train.config import TrainConfig
 
 def resolve_precision(precision: str) -> str:
@@ -66,14 +66,12 @@ def _check_paths(config: TrainConfig) -> list[str]:
 def _check_overwrite(config: TrainConfig) -> list[str]:
     """A run writes checkpoint-N folders; an earlier run's complete ones with the same names would be
     overwritten file by file and keep their COMPLETE marker while half-written."""
-    complete = [path for _, path, done in list_checkpoints(config.output_dir) if done]
-    if config.resume == "never":
-        later = complete
-    elif config.resume == "auto":
-        later = []
-    else:
-        step = checkpoint_step(Path(config.resume))
-        later = [path for path in complete if step is not None and (checkpoint_step(path) or 0) > step]
+    if config.resume == "auto":
+        return []
+    resumed_at = -1 if config.resume == "never" else checkpoint_step(Path(config.resume))
+    if resumed_at is None:
+        return []
+    later = [path for step, path in complete_checkpoints(config.output_dir) if step > resumed_at]
     if not later:
         return []
     return [

@@ -16,6 +16,7 @@ from typing import Any
 from belle.cli import UsageError
 from belle.config import config_to_dict, save_config
 from belle.conversation import DataError
+from belle.data.cli import report_rejects
 from belle.dataset import TokenizeStats, load_conversations, rejected_lines, tokenize_dataset
 from belle.modeling import grow_embeddings, load_tokenizer, resolve_template, write_checkpoint_info
 from belle.templates import Template, to_jinja
@@ -55,7 +56,7 @@ def train(config: TrainConfig) -> Path:
     if args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
-        _report_rejects(data.rejected, output_dir)
+        report_rejects(data.rejected, output_dir / "data")
     model = load_for_training(config, precision, tokenizer)
     trainer, throughput = build_trainer(config, args, model, tokenizer, data)
     with args.main_process_first(desc="finding the checkpoint to resume from"):
@@ -84,8 +85,8 @@ def train(config: TrainConfig) -> Path:
 
 def _final_eval(trainer: Any) -> dict[str, Any]:
     """The eval metrics at the last step: logged already when the run ended on an eval step."""
-    last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
-    if "eval_loss" in last and last.get("step") == trainer.state.global_step:
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
+    if last.get("step") == trainer.state.global_step:
         return {k: v for k, v in last.items() if k.startswith("eval_")}
     return trainer.evaluate()
 
@@ -204,12 +205,6 @@ def _preference_data(config: TrainConfig, policy: str) -> TrainData:
         train_set, eval_set = split["train"], split["test"]
     stats = {"records": len(train_set) + report.total, "rejected": dict(report.counts), "pairs": len(train_set)}
     return TrainData(train_set, eval_set, stats, rejected)
-
-
-def _report_rejects(lines: list[str], output_dir: Path) -> None:
-    from belle.data.cli import report_rejects
-
-    report_rejects(lines, output_dir / "data")
 
 
 def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> Any:
