@@ -25,6 +25,8 @@ JOBS = {
     "models": "belle.models.cli",
     "data": "belle.data.cli",
     "train": "belle.train.cli",
+    "chat": "belle.chat.cli",
+    "serve": "belle.chat.serve",
     "vocab": "belle.vocab.cli",
 }
 
@@ -54,24 +56,34 @@ def setup_logging() -> None:
 
 def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, prog: str) -> int:
     """Parse `argv` as `VERB [args]`, call the verb, and turn `UsageError` into a message and exit 2."""
-    setup_logging()
     parser = argparse.ArgumentParser(prog=prog)
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in verbs:
         doc = inspect.getdoc(verb) or ""
-        sub = subparsers.add_parser(
-            verb.__name__.replace("_", "-"),
-            help=doc.split("\n")[0],
-            description=doc.split("\nArgs:")[0],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        sub = subparsers.add_parser(verb.__name__.replace("_", "-"), help=doc.split("\n")[0], **_described(verb))
         _add_parameters(sub, verb, _arg_docs(doc))
         sub.set_defaults(_verb=verb)
     args = vars(parser.parse_args(argv))
-    verb = args.pop("_verb")
     args.pop("verb")
+    return _call(args.pop("_verb"), args, prog)
+
+
+def run_command(command: Callable[..., Any], argv: Sequence[str] | None, prog: str) -> int:
+    """Like `run_verbs` for a job that is one command: `argv` holds its arguments alone."""
+    parser = argparse.ArgumentParser(prog=prog, **_described(command))
+    _add_parameters(parser, command, _arg_docs(inspect.getdoc(command) or ""))
+    return _call(command, vars(parser.parse_args(argv)), prog)
+
+
+def _described(command: Callable[..., Any]) -> dict[str, Any]:
+    doc = inspect.getdoc(command) or ""
+    return {"description": doc.split("\nArgs:")[0], "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def _call(command: Callable[..., Any], args: dict[str, Any], prog: str) -> int:
+    setup_logging()
     try:
-        result = verb(**args)
+        result = command(**args)
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -122,7 +134,9 @@ def _add_parameters(parser: argparse.ArgumentParser, verb: Callable[..., Any], d
         options["type"] = kind
         if choices:
             options["choices"] = choices
-        if is_list:
+        if is_list and param.kind is inspect.Parameter.KEYWORD_ONLY:
+            options.update(nargs="+", action="extend")  # `--x a b` and `--x a --x b` both give [a, b]
+        elif is_list:
             options["nargs"] = "+" if param.default is inspect.Parameter.empty else "*"
         parser.add_argument(*names, **options)
 

@@ -51,6 +51,17 @@ def encode_batch(
     return out
 
 
+def encode_prompt(messages: list[dict[str, str]], tokenizer: Any, template: Template) -> list[int]:
+    """Token ids of a history ending in a user turn, with the reply header, ready for `generate`.
+
+    Tokenized piece by piece exactly as in training, so the prompt is a token-for-token prefix of
+    the training encoding of the same history plus a reply.
+    """
+    pieces = render_pieces(template, messages, True, tokenizer.bos_token or "", tokenizer.eos_token or "")
+    ids = tokenizer([text for text, _ in pieces], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return [token for piece in ids for token in piece]
+
+
 def _assemble(pieces: list[tuple[str, bool]], piece_ids: list[list[int]], max_length: int | None, overlong: Overlong) -> Encoded:
     input_ids: list[int] = []
     labels: list[int] = []

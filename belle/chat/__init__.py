@@ -1,0 +1,1 @@
+"""`belle chat` and `belle serve`: web chat, terminal chat and an OpenAI-compatible API over the generation engine."""

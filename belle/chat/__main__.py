@@ -1,0 +1,3 @@
+from belle.chat.cli import main
+
+raise SystemExit(main())

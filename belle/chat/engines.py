@@ -1,0 +1,46 @@
+"""Loading the models a chat or server offers: `--model [NAME=]DIR`, once or several times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from belle.cli import UsageError
+from belle.generation import Engine, load_engine
+
+
+def parse_model_spec(spec: str) -> tuple[str, Path]:
+    """`NAME=DIR` or `DIR` (named after the folder) -> (name, folder)."""
+    name, sep, folder = spec.partition("=")
+    if not sep:
+        folder = name
+        name = Path(folder).resolve().name
+    if not name or not folder:
+        raise UsageError(f"--model {spec!r}: expected DIR or NAME=DIR")
+    return name, Path(folder)
+
+
+def load_engines(
+    specs: list[str],
+    *,
+    base: Path | None = None,
+    template: str | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    context_length: int | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Engine]:
+    """Load every model named by `specs`, in order; each stays in memory. `base` applies to LoRA
+    adapter folders whose recorded base path does not hold the base model."""
+    if not specs:
+        raise UsageError("name at least one model with --model DIR")
+    folders = dict(parse_model_spec(spec) for spec in specs)
+    if len(folders) < len(specs):
+        raise UsageError("two --model entries have the same name; name them with NAME=DIR")
+    engines = {}
+    for name, folder in folders.items():
+        try:
+            engines[name] = load_engine(folder, base=base, template=template, name=name, dtype=dtype, device=device,
+                                        context_length=context_length, trust_remote_code=trust_remote_code)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    return engines

@@ -1,0 +1,74 @@
+"""`belle serve` (also `python -m belle.chat.serve`): the OpenAI-compatible API server."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from belle.chat.engines import load_engines
+from belle.cli import run_command
+
+logger = logging.getLogger(__name__)
+API_KEY_ENV = "BELLE_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    *,
+    model: list[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    template: str | None = None,
+    base: Path | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    context_length: int | None = None,
+    max_concurrent: int = 4,
+    max_queue: int = 32,
+    max_input_tokens: int | None = None,
+    max_tokens: int | None = None,
+    trust_remote_code: bool = False,
+) -> int:
+    """Serve models through an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /health.
+
+    Args:
+        model: a model folder, LoRA adapter folder or GPTQ folder, as DIR or NAME=DIR; repeat for several.
+        host: address to bind; 0.0.0.0 exposes the server to the network.
+        port: port to bind.
+        api_key: require `Authorization: Bearer KEY`; default: the BELLE_API_KEY variable, else no key.
+        template: prompt template; default: the one in the model's belle.json, else its chat_template.
+        base: base model folder for a LoRA adapter whose recorded base path is elsewhere.
+        dtype: auto, float32, bfloat16 or float16.
+        device: cpu, cuda, cuda:N or auto; default: cuda if present.
+        context_length: tokens of prompt plus reply; default: the model's max_position_embeddings.
+        max_concurrent: generations running at once.
+        max_queue: requests waiting for a slot; more are refused with 429.
+        max_input_tokens: longest prompt accepted, in tokens; default: the context less one.
+        max_tokens: largest max_tokens a request may ask for; default: no limit but the context.
+        trust_remote_code: run Python code shipped in the model folder.
+    """
+    import uvicorn
+
+    from belle.chat.server import ServerLimits, create_app
+
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    engines = load_engines(model, base=base, template=template, dtype=dtype, device=device,
+                           context_length=context_length, trust_remote_code=trust_remote_code)
+    limits = ServerLimits(max_concurrent, max_queue, max_input_tokens, max_tokens)
+    app = create_app(engines, limits, api_key)
+    if host not in LOOPBACK:
+        logger.warning("binding %s: the server is reachable from the network%s", host, "" if api_key else " and needs no API key")
+    logger.info("serving %s at http://%s:%d/v1 (API key %s)", ", ".join(engines), host, port, "required" if api_key else "off")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.chat.serve") -> int:
+    return run_command(serve, argv, prog)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
