@@ -46,3 +46,27 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def belle_cli():
     """`belle_cli("data", "convert", ...)` runs the CLI in a subprocess and returns the CompletedProcess."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir):
+    """The tiny model loaded for generation, on the CPU."""
+    from belle.generation import load_engine
+
+    return load_engine(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gptq_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model quantized to 4 bits by GPTQModel on the CPU (about 30 s), with its belle.json."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    from belle.modeling import tiny_corpus_lines
+
+    out = tmp_path_factory.mktemp("tiny_gptq") / "model"
+    model = GPTQModel.load(str(tiny_model_dir), QuantizeConfig(bits=4, group_size=128), device="cpu")
+    model.quantize(tiny_corpus_lines()[:32], batch_size=4)
+    model.save(str(out))
+    shutil.copy(tiny_model_dir / "belle.json", out / "belle.json")
+    return out
