@@ -192,3 +192,15 @@ def test_gptq_folder_loads_and_generates(tiny_gptq_dir):
     assert type(engine.model.model.layers[0].self_attn.q_proj).__name__ != "Linear"
     stream = engine.stream(prompt(engine), dataclasses.replace(GREEDY, min_new_tokens=40))
     assert stream.text() and stream.completion_tokens == 40
+
+
+def test_without_belle_json_or_chat_template_a_template_must_be_named(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "belle.json").unlink()
+    (folder / "chat_template.jinja").unlink()
+    with pytest.raises(ValueError, match="name a template"):
+        load_engine(folder, device="cpu")
+    assert load_engine(folder, template="chatml", device="cpu").template.name == "chatml"

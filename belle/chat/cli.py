@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from belle.chat.backends import LocalBackend, RemoteBackend
 from belle.chat.engines import load_engines
@@ -30,7 +30,7 @@ def chat(
     max_new_tokens: int = DEFAULTS.max_new_tokens,
     template: str | None = None,
     base: Path | None = None,
-    dtype: str = "auto",
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
     device: str | None = None,
     context_length: int | None = None,
     trust_remote_code: bool = False,
@@ -53,7 +53,7 @@ def chat(
         max_new_tokens: the longest reply, in tokens.
         template: prompt template; default: the one in the model's belle.json, else its chat_template.
         base: base model folder for a LoRA adapter whose recorded base path is elsewhere.
-        dtype: auto, float32, bfloat16 or float16.
+        dtype: weights dtype; auto is bfloat16 on GPUs that support it, float16 on others, float32 on CPU.
         device: cpu, cuda, cuda:N or auto; default: cuda if present.
         context_length: tokens of prompt plus reply; default: the model's max_position_embeddings.
         trust_remote_code: run Python code shipped in the model folder.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from belle.chat.engines import load_engines
-from belle.cli import run_command
+from belle.cli import UsageError, run_command
 
 logger = logging.getLogger(__name__)
 API_KEY_ENV = "BELLE_API_KEY"
@@ -23,7 +23,7 @@ def serve(
     api_key: str | None = None,
     template: str | None = None,
     base: Path | None = None,
-    dtype: str = "auto",
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
     device: str | None = None,
     context_length: int | None = None,
     max_concurrent: int = 4,
@@ -41,7 +41,7 @@ def serve(
         api_key: require `Authorization: Bearer KEY`; default: the BELLE_API_KEY variable, else no key.
         template: prompt template; default: the one in the model's belle.json, else its chat_template.
         base: base model folder for a LoRA adapter whose recorded base path is elsewhere.
-        dtype: auto, float32, bfloat16 or float16.
+        dtype: weights dtype; auto is bfloat16 on GPUs that support it, float16 on others, float32 on CPU.
         device: cpu, cuda, cuda:N or auto; default: cuda if present.
         context_length: tokens of prompt plus reply; default: the model's max_position_embeddings.
         max_concurrent: generations running at once.
@@ -54,6 +54,8 @@ def serve(
 
     from belle.chat.server import ServerLimits, create_app
 
+    if max_concurrent < 1 or max_queue < 0:
+        raise UsageError("--max-concurrent must be at least 1 and --max-queue at least 0")
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     engines = load_engines(model, base=base, template=template, dtype=dtype, device=device,
                            context_length=context_length, trust_remote_code=trust_remote_code)

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.chat.servers import start_cli
+from tests.conftest import run_cli
 
 GREEDY = {"temperature": 0, "max_tokens": 32}
 QUESTION = [{"role": "user", "content": "你好，请介绍一下北京的历史和美食。"}]
@@ -202,3 +203,14 @@ def test_busy_server_answers_429_then_recovers(strict_server):
     stream.close()
     assert wait_until_idle(strict_server)
     assert api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=4).choices[0].message.content is not None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--model", "/no/such/folder"], "not a model folder"),
+     (["--model", "MODEL", "--max-concurrent", "0"], "--max-concurrent"),
+     (["--model", "a=MODEL", "--model", "a=MODEL"], "same name")],
+)
+def test_serve_refuses_bad_arguments(tiny_model_dir, args, message):
+    result = run_cli("serve", *[arg.replace("MODEL", str(tiny_model_dir)) for arg in args])
+    assert result.returncode == 2 and message in result.stderr
