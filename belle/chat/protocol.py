@@ -53,8 +53,6 @@ class SamplingRequest(BaseModel):
     frequency_penalty: float = 0
     logprobs: bool | int | None = None
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
-    user: str | None = None
 
     def unsupported(self) -> list[str]:
         """Fields set to something this server cannot honour."""

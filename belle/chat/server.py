@@ -25,6 +25,7 @@ from belle.conversation import Rejection, validate_messages
 from belle.generation import Engine, GenerationParams, PromptTooLong, TextStream
 
 logger = logging.getLogger(__name__)
+DEFAULTS = GenerationParams()  # what a request leaves out: BELLE's web demo settings
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ class Admission:
         self._slots.release()
 
 
-def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits(), api_key: str | None = None,
-               defaults: GenerationParams = GenerationParams()) -> FastAPI:
+def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits(), api_key: str | None = None) -> FastAPI:
     """The FastAPI app serving `engines` by name. With `api_key`, every `/v1` route wants `Authorization: Bearer KEY`."""
     app = FastAPI(title="belle", docs_url=None, redoc_url=None)
     admission = Admission(limits.max_concurrent, limits.max_queue)
@@ -166,14 +166,14 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
             raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens}", param="max_tokens")
         if max_tokens is None:
             room = engine.context_length - len(prompt_ids)
-            max_tokens = max(1, min(defaults.max_new_tokens, room, limits.max_tokens or room))
+            max_tokens = max(1, min(DEFAULTS.max_new_tokens, room, limits.max_tokens or room))
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         try:
             params = GenerationParams(
-                temperature=defaults.temperature if body.temperature is None else body.temperature,
-                top_p=defaults.top_p if body.top_p is None else body.top_p,
-                top_k=defaults.top_k if body.top_k is None else body.top_k,
-                repetition_penalty=defaults.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty,
+                temperature=DEFAULTS.temperature if body.temperature is None else body.temperature,
+                top_p=DEFAULTS.top_p if body.top_p is None else body.top_p,
+                top_k=DEFAULTS.top_k if body.top_k is None else body.top_k,
+                repetition_penalty=DEFAULTS.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty,
                 max_new_tokens=max_tokens,
                 min_new_tokens=min(body.min_tokens or 0, max_tokens),
                 stop=tuple(stop),

@@ -170,6 +170,13 @@ def test_a_client_that_disconnects_ends_its_generation(server):
     assert wait_until_idle(server, timeout=1)  # the 1,900 tokens would take about 3 s more
 
 
+def test_a_client_that_gives_up_on_a_whole_reply_ends_its_generation(server):
+    body = {"model": "tiny", "messages": QUESTION, "max_tokens": 1900, "min_tokens": 1900, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+    assert wait_until_idle(server, timeout=1)
+
+
 def test_api_key(strict_server):
     with pytest.raises(openai.AuthenticationError):
         client(strict_server).models.list()
