@@ -52,6 +52,8 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # torchao, imported by peft and transformers' quantizers, warns about torch internals on import.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # httpx logs every request at INFO: Gradio's start-up checks, each call to a chat server.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, prog: str) -> int:

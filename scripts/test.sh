@@ -3,4 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The web chat's browser tests drive Debian's Chromium.
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+    else
+        echo "the browser tests need Chromium: sudo apt-get install chromium" >&2
+        exit 1
+    fi
+fi
 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q "$@"

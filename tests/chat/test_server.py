@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.chat.servers import start_cli
+from tests.chat.conftest import start_cli
 from tests.conftest import run_cli
 
 GREEDY = {"temperature": 0, "max_tokens": 32}
@@ -19,8 +19,8 @@ KEY = "sk-test-0123456789"
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     """Default limits, no API key."""
-    with start_cli("serve", "--model", f"tiny={tiny_model_dir}", health="/health") as url:
-        yield url
+    with start_cli("serve", "--model", f"tiny={tiny_model_dir}", ready="/health") as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def strict_server(tiny_model_dir):
     """An API key from the environment, one generation at a time and no queue, short prompts only."""
     args = ("serve", "--model", f"tiny={tiny_model_dir}", "--max-concurrent", "1", "--max-queue", "0",
             "--max-input-tokens", "64", "--max-tokens", "1900")
-    with start_cli(*args, health="/health", env={"BELLE_API_KEY": KEY}) as url:
-        yield url
+    with start_cli(*args, ready="/health", env={"BELLE_API_KEY": KEY}) as running:
+        yield running.url
 
 
 def client(url, key="unused"):
