@@ -199,14 +199,12 @@ class TextStream:
                     self.finish_reason = "stop"
                     return
             text, stopped = stops.push(decoder.flush())
-            text += "" if stopped else stops.flush()
+            if not stopped:
+                text += stops.flush()
             if text:
                 yield text
             if self.finish_reason is None:
-                if stopped:
-                    self.finish_reason = "stop"
-                else:
-                    self.finish_reason = "cancelled" if self._cancelled.is_set() else "length"
+                self.finish_reason = "stop" if stopped else "cancelled" if self._cancelled.is_set() else "length"
         finally:
             if self.finish_reason is None:
                 self.finish_reason = "cancelled"
