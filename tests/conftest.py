@@ -1,6 +1,7 @@
 """Fixtures shared by the whole run: the tiny model and its tokenizer are built once."""
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -65,8 +66,9 @@ def tiny_gptq_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from belle.modeling import tiny_corpus_lines
 
     out = tmp_path_factory.mktemp("tiny_gptq") / "model"
-    model = GPTQModel.load(str(tiny_model_dir), QuantizeConfig(bits=4, group_size=128), device="cpu")
-    model.quantize(tiny_corpus_lines()[:32], batch_size=4)
-    model.save(str(out))
+    with contextlib.chdir(out.parent):  # GPTQModel writes its layer logs into ./logs
+        model = GPTQModel.load(str(tiny_model_dir), QuantizeConfig(bits=4, group_size=128), device="cpu")
+        model.quantize(tiny_corpus_lines()[:32], batch_size=4)
+        model.save(str(out))
     shutil.copy(tiny_model_dir / "belle.json", out / "belle.json")
     return out
