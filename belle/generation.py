@@ -10,7 +10,6 @@ stopping criterion checks after every token, so generation really ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from belle.modeling import load_model, load_tokenizer, read_checkpoint_info, resolve_template
+from belle.modeling import load_model, load_tokenizer, read_checkpoint_info, resolve_template, split_adapter
 from belle.streaming import IncrementalDecoder, StopMatcher, cut_at_stop
 from belle.templates import Template
 from belle.tokenization import encode_prompt
@@ -334,16 +333,11 @@ def load_engine(
     then the base's), else the tokenizer's own `chat_template`.
     """
     path = Path(path)
-    adapter = None
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        adapter = path
-        if base is None:
-            base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-        if not (Path(base) / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: its base model {base} is not a model folder; pass the base model's folder")
-    elif not (path / "config.json").is_file():
+    model_dir, adapter = split_adapter(path, base)
+    if not (model_dir / "config.json").is_file():
+        if adapter is not None:
+            raise FileNotFoundError(f"{path}: its base model {model_dir} is not a model folder; pass the base model's folder")
         raise FileNotFoundError(f"{path}: not a model folder (no config.json) nor a LoRA adapter (no adapter_config.json)")
-    model_dir = Path(base) if adapter is not None else path
     tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else model_dir
     tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code)
     template_name = template or _belle_json_template(path) or _belle_json_template(model_dir)

@@ -103,10 +103,8 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        adapter = path
-        path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    path, found = split_adapter(path)
+    adapter = adapter or found
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(
@@ -124,6 +122,16 @@ def load_model(
 
         model = PeftModel.from_pretrained(model, str(adapter))
     return model
+
+
+def split_adapter(path: str | Path, base: str | Path | None = None) -> tuple[Path, Path | None]:
+    """(model folder, adapter folder or None): a LoRA adapter folder (no config.json) stands on
+    `base`, or else on the base model its `adapter_config.json` names."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        recorded = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        return Path(base or recorded), path
+    return path, None
 
 
 def grow_embeddings(model: Any, tokenizer: Any) -> None:
