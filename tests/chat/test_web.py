@@ -161,7 +161,9 @@ def test_a_model_picker_only_with_several_models():
 
 
 def test_serves_locally_only(web):
-    log = web.log.read_text(encoding="utf-8")
+    deadline = time.monotonic() + 10  # the page answers a moment before `launch` prints its address
+    while f"belle chat: {web.url}/" not in (log := web.log.read_text(encoding="utf-8")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert f"belle chat: {web.url}/" in log and "gradio.live" not in log
 
 
