@@ -340,8 +340,7 @@ def load_engine(
         raise FileNotFoundError(f"{path}: not a model folder (no config.json) nor a LoRA adapter (no adapter_config.json)")
     tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else model_dir
     tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code)
-    template_name = template or _belle_json_template(path) or _belle_json_template(model_dir)
-    resolved = resolve_template(tokenizer_dir, tokenizer, template_name)
+    resolved = resolve_template(model_dir, tokenizer, template or read_checkpoint_info(path).get("template"))
     model = load_model(
         model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation,
         adapter=adapter, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
@@ -356,10 +355,6 @@ def load_engine(
         context_length=int(limit),
         eos_token_ids=_eos_token_ids(model, tokenizer, resolved),
     )
-
-
-def _belle_json_template(folder: Path) -> str | None:
-    return read_checkpoint_info(folder).get("template")
 
 
 def _eos_token_ids(model: Any, tokenizer: Any, template: Template) -> frozenset[int]:

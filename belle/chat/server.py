@@ -99,10 +99,17 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
         if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
             raise APIError(401, "missing or wrong API key: send `Authorization: Bearer KEY`", code="invalid_api_key")
 
-    def engine_for(name: str) -> Engine:
-        if name not in engines:
-            raise APIError(404, f"model {name!r} does not exist; this server has: {', '.join(engines)}", param="model", code="model_not_found")
-        return engines[name]
+    def engine_for(body: SamplingRequest) -> Engine:
+        """The engine a request names, once the request asks for nothing this server cannot do."""
+        if body.model not in engines:
+            raise APIError(404, f"model {body.model!r} does not exist; this server has: {', '.join(engines)}",
+                           param="model", code="model_not_found")
+        refused = body.unsupported()
+        if refused:
+            raise APIError(400, f"{refused[0]}: not supported by this server", param=refused[0])
+        if body.model_extra:
+            logger.warning("ignoring request fields this server does not use: %s", ", ".join(sorted(body.model_extra)))
+        return engines[body.model]
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -117,7 +124,7 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        engine = engine_for(body.model)
+        engine = engine_for(body)
         messages = plain_messages(body.messages)
         try:
             validate_messages(messages, require_assistant=False)
@@ -130,7 +137,7 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        engine = engine_for(body.model)
+        engine = engine_for(body)
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0] if body.prompt else ""
         prompt_ids = await run_in_threadpool(engine.encode_text, prompt)
         return await respond(engine, body, prompt_ids, body.max_tokens, request, chat=False)
@@ -153,11 +160,6 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
         return reply.whole(text, openai_finish(stream), stream.prompt_tokens, stream.completion_tokens)
 
     def sampling_params(engine: Engine, body: SamplingRequest, prompt_ids: list[int], max_tokens: int | None) -> GenerationParams:
-        refused = body.unsupported()
-        if refused:
-            raise APIError(400, f"{refused[0]}: not supported by this server", param=refused[0])
-        if body.model_extra:
-            logger.warning("ignoring request fields this server does not use: %s", ", ".join(sorted(body.model_extra)))
         max_input = limits.max_input_tokens or engine.context_length - 1
         if len(prompt_ids) > max_input:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; this server accepts at most {max_input}",
