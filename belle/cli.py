@@ -4,11 +4,16 @@ A verb is a plain typed function. Its signature is the command line: positional 
 positional arguments, keyword-only parameters become `--flags` (required when they have no default),
 `bool` flags are switches, `Literal[...]` gives choices, `list[T]` takes one or more values, and a
 trailing underscore is dropped (`from_` is `--from`). Help text comes from the docstring's `Args:`.
+
+A keyword-only parameter typed as a dataclass (options shared by several verbs, such as the LLM
+endpoint) becomes one flag per field, named `--PARAM-FIELD` (`judge: LLMOptions` gives `--judge-model`),
+or plain `--FIELD` for a parameter named `llm`; help comes from the dataclass's own `Args:`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -84,6 +89,10 @@ def _described(command: Callable[..., Any]) -> dict[str, Any]:
 
 def _call(command: Callable[..., Any], args: dict[str, Any], prog: str) -> int:
     setup_logging()
+    for name, kind in typing.get_type_hints(command).items():
+        if dataclasses.is_dataclass(kind):
+            fields = {f.name: args.pop(f"{name}.{f.name}") for f in dataclasses.fields(kind)}
+            args[name] = kind(**fields)
     try:
         result = command(**args)
     except UsageError as e:
@@ -112,35 +121,55 @@ def _arg_docs(doc: str) -> dict[str, str]:
 def _add_parameters(parser: argparse.ArgumentParser, verb: Callable[..., Any], docs: dict[str, str]) -> None:
     hints = typing.get_type_hints(verb)
     for param in inspect.signature(verb).parameters.values():
-        kind, choices, is_list = _unwrap(hints[param.name])
-        help_text = docs.get(param.name, "")
-        if param.default not in (inspect.Parameter.empty, None) and not isinstance(param.default, bool):
-            help_text += f" (default: {param.default})"
-        options: dict[str, Any] = {"help": help_text.replace("%", "%%")}  # argparse %-formats help text
-        if param.kind is inspect.Parameter.KEYWORD_ONLY:
-            flag = "--" + param.name.rstrip("_").replace("_", "-")
-            options["dest"] = param.name
-            if param.default is inspect.Parameter.empty:
-                options["required"] = True
-            else:
-                options["default"] = param.default
-            if kind is bool:
-                options["action"] = argparse.BooleanOptionalAction
-                parser.add_argument(flag, **options)
-                continue
-            names = [flag]
+        if dataclasses.is_dataclass(hints[param.name]):
+            _add_dataclass(parser, param.name, hints[param.name])
+            continue
+        _add_parameter(parser, param, hints[param.name], docs.get(param.name, ""), dest=param.name)
+
+
+def _add_parameter(parser: Any, param: inspect.Parameter, hint: Any, help_text: str, dest: str) -> None:
+    kind, choices, is_list = _unwrap(hint)
+    if param.default not in (inspect.Parameter.empty, None) and not isinstance(param.default, bool):
+        help_text += f" (default: {param.default})"
+    options: dict[str, Any] = {"help": help_text.replace("%", "%%")}  # argparse %-formats help text
+    if param.kind is inspect.Parameter.KEYWORD_ONLY:
+        flag = "--" + param.name.rstrip("_").replace("_", "-")
+        options["dest"] = dest
+        if param.default is inspect.Parameter.empty:
+            options["required"] = True
         else:
-            names = [param.name]
-            if param.default is not inspect.Parameter.empty:
-                options.update(nargs="?", default=param.default)
-        options["type"] = kind
-        if choices:
-            options["choices"] = choices
-        if is_list and param.kind is inspect.Parameter.KEYWORD_ONLY:
-            options.update(nargs="+", action="extend")  # `--x a b` and `--x a --x b` both give [a, b]
-        elif is_list:
-            options["nargs"] = "+" if param.default is inspect.Parameter.empty else "*"
-        parser.add_argument(*names, **options)
+            options["default"] = param.default
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+            parser.add_argument(flag, **options)
+            return
+        names = [flag]
+    else:
+        names = [param.name]
+        if param.default is not inspect.Parameter.empty:
+            options.update(nargs="?", default=param.default)
+    options["type"] = kind
+    if choices:
+        options["choices"] = choices
+    if is_list and param.kind is inspect.Parameter.KEYWORD_ONLY:
+        options.update(nargs="+", action="extend")  # `--x a b` and `--x a --x b` both give [a, b]
+    elif is_list:
+        options["nargs"] = "+" if param.default is inspect.Parameter.empty else "*"
+    parser.add_argument(*names, **options)
+
+
+def _add_dataclass(parser: argparse.ArgumentParser, name: str, options: type) -> None:
+    """One flag per field of the dataclass `options`, stored as `NAME.FIELD` for `_call` to regroup."""
+    docs = _arg_docs(inspect.getdoc(options) or "")
+    hints = typing.get_type_hints(options)
+    prefix = "" if name == "llm" else name + "_"
+    group = parser.add_argument_group(name)
+    for field in dataclasses.fields(options):
+        parameter = inspect.Parameter(
+            prefix + field.name, inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default,
+        )
+        _add_parameter(group, parameter, hints[field.name], docs.get(field.name, ""), dest=f"{name}.{field.name}")
 
 
 def _unwrap(hint: Any) -> tuple[type, tuple | None, bool]:

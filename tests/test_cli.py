@@ -384,3 +384,39 @@ def test_data_convert_reads_a_saved_dataset_folder(belle_cli, tmp_path):
     assert read_jsonl(out) == [{"id": "d1", "conversations": [{"from": "human", "value": "问"},
                                                                {"from": "assistant", "value": "答"}]}]
     assert "rejected 0 records" in result.stdout
+
+
+def test_a_dataclass_parameter_becomes_a_group_of_flags(capsys):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Endpoint:
+        """Where to send requests.
+
+        Args:
+            model: model name.
+            base_url: endpoint root.
+            rpm: requests per minute.
+        """
+
+        model: str
+        base_url: str | None = None
+        rpm: float | None = None
+
+    seen = {}
+
+    def ask(*, llm: Endpoint, judge: Endpoint, question: str = "hi") -> int:
+        """Ask twice."""
+        seen.update(llm=llm, judge=judge, question=question)
+        return 0
+
+    argv = ["ask", "--model", "m1", "--rpm", "60", "--judge-model", "m2", "--judge-base-url", "http://x/v1"]
+    assert run_verbs([ask], argv, "prog") == 0
+    assert seen == {"llm": Endpoint("m1", None, 60.0), "judge": Endpoint("m2", "http://x/v1", None), "question": "hi"}
+
+    with pytest.raises(SystemExit):
+        run_verbs([ask], ["ask", "--model", "m1"], "prog")
+    assert "--judge-model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_verbs([ask], ["ask", "--help"], "prog")
+    assert "requests per minute" in capsys.readouterr().out

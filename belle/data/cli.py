@@ -1,45 +1,19 @@
-"""`belle data convert` and `belle data tokenize`: see exactly what a model will be trained on."""
+"""`belle data`: convert and tokenize (see exactly what a model will be trained on), generate and
+chat (make data with an LLM), stats, dedup and filter (look at it and clean it)."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import Sequence
 
 from belle.cli import UsageError, run_verbs
 from belle.conversation import WRITERS, DataError, Format, RejectReport, read_conversations
+from belle.data.dialogue import chat
+from belle.data.generate import generate
+from belle.data.outputs import atomic_output, report_rejects
+from belle.data.tools import dedup, filter, stats
 from belle.tokenization import Overlong
-
-SHOWN_REJECTS = 20
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[TextIO]:
-    """Write to `path` through a temporary file that replaces it only when writing succeeded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield f
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def report_rejects(lines: list[str], output: Path) -> None:
-    """Show the first rejected records on stderr and keep them all in `OUTPUT.rejected.txt`."""
-    listing = output.with_name(output.name + ".rejected.txt")
-    if not lines:
-        listing.unlink(missing_ok=True)
-        return
-    for line in lines[:SHOWN_REJECTS]:
-        print(f"rejected: {line}", file=sys.stderr)
-    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    more = f", {len(lines) - SHOWN_REJECTS} more" if len(lines) > SHOWN_REJECTS else ""
-    print(f"all {len(lines)} rejected records{more}: {listing}", file=sys.stderr)
 
 
 def convert(
@@ -134,7 +108,7 @@ def tokenize(
     return 0
 
 
-VERBS = [convert, tokenize]
+VERBS = [convert, tokenize, generate, chat, stats, dedup, filter]
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.data") -> int:

@@ -1,0 +1,48 @@
+"""JSON-lines outputs that survive kill -9: every record is appended and flushed on its own line.
+
+A process killed while writing leaves at most one torn last line. `resume_records` cuts that line
+off (its record was not finished, so the job redoes it) and returns everything before it; any
+other broken line is an error naming the file and line, since it means the file is not ours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from belle.conversation import DataError
+
+
+def resume_records(path: Path) -> list[dict[str, Any]]:
+    """The records of an earlier, possibly killed, run of a job writing `path`; [] if none."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    records = []
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: malformed JSON: {e.msg}; is this an output of this job?") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: not a JSON object; is this an output of this job?")
+        records.append(record)
+    return records
+
+
+def open_append(path: Path) -> TextIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a", encoding="utf-8")
+
+
+def append(f: TextIO, record: dict[str, Any]) -> None:
+    """Write one record as one line and flush it, so a kill loses nothing written before."""
+    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
