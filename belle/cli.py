@@ -149,6 +149,8 @@ def _add_parameter(parser: Any, param: inspect.Parameter, hint: Any, help_text: 
         if param.default is not inspect.Parameter.empty:
             options.update(nargs="?", default=param.default)
     options["type"] = kind
+    if dest != param.name and not choices:
+        options["metavar"] = param.name.upper()
     if choices:
         options["choices"] = choices
     if is_list and param.kind is inspect.Parameter.KEYWORD_ONLY:
@@ -163,7 +165,7 @@ def _add_dataclass(parser: argparse.ArgumentParser, name: str, options: type) ->
     docs = _arg_docs(inspect.getdoc(options) or "")
     hints = typing.get_type_hints(options)
     prefix = "" if name == "llm" else name + "_"
-    group = parser.add_argument_group(name)
+    group = parser.add_argument_group(name, (inspect.getdoc(options) or "").split("\n")[0])
     for field in dataclasses.fields(options):
         parameter = inspect.Parameter(
             prefix + field.name, inspect.Parameter.KEYWORD_ONLY,

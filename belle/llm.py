@@ -45,7 +45,7 @@ RETRY_AFTER_CAP = 60.0  # seconds: the longest `Retry-After` obeyed; a longer on
 
 @dataclass
 class LLMOptions:
-    """Where and how to call an OpenAI-compatible endpoint (one CLI flag per field).
+    """Where and how to call an OpenAI-compatible endpoint; on the command line, one flag per field.
 
     Args:
         model: model name the endpoint serves.

@@ -41,22 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench_common import finish, machine_info  # noqa: E402  (beside this script)
+from bench_common import finish, machine_info, process_cpu_seconds  # noqa: E402  (beside this script)
 
 from belle.llm import LLMClient, LLMOptions  # noqa: E402
 
 SLACK = 1.2  # goal: wall time <= SLACK * requests * latency / concurrency
 REPLY = "好的，这是一个用于测试吞吐量的固定回答。"
 KEY_ENV = "BELLE_BENCH_LLM_KEY"  # unset: the stub is on 127.0.0.1, so the client sends no key
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (Linux; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_stub(latency: float) -> tuple[subprocess.Popen, str]:

@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench_common import finish, machine_info  # noqa: E402  (beside this script)
+from bench_common import finish, machine_info, process_cpu_seconds  # noqa: E402  (beside this script)
 
 OVERHEAD_GOAL = 0.10  # server time / direct time - 1, for tokens/s and for TTFT
 TTFT_SLACK_MS = 5.0  # or a TTFT at most this much above direct
@@ -201,15 +201,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (Linux; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> float:

@@ -102,6 +102,8 @@ def chat(
         temperature: sampling temperature of every turn.
         max_tokens: longest turn, in tokens; a dialogue with a turn cut at this length is dropped.
     """
+    if llm.problems():
+        raise UsageError("; ".join(llm.problems()))
     if llm.api != "chat":
         raise UsageError("belle data chat needs the chat API (--api chat): the assistant answers with the whole history")
     if rounds < 1 or per_seed < 1:
@@ -141,14 +143,16 @@ def _user_side(turns: list[dict[str, str]]) -> str:
     return "\n".join(turn["value"] for turn in turns if turn["from"] == "human")
 
 
+@dataclass
 class _Dialogues:
-    def __init__(self, index, similarity, rounds, system, params, progress):
-        self.index = index
-        self.similarity = similarity
-        self.rounds = rounds
-        self.system = system
-        self.params = params
-        self.progress = progress
+    """Plays dialogues and keeps those that pass the filters; `index` holds the kept ones' user turns."""
+
+    index: NearDuplicateIndex
+    similarity: float
+    rounds: int
+    system: str | None
+    params: dict[str, Any]
+    progress: Progress
 
     async def run(self, options: LLMOptions, todo: list[tuple[ChatSeed, int, str]], output: Path, total: int):
         bar = tqdm(total=total, initial=total - len(todo), desc="dialogues", unit="dialogue", dynamic_ncols=True)

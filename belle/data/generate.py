@@ -54,7 +54,7 @@ def generate(
     Args:
         output: JSON-lines file to append the kept tasks to.
         num: stop once this many tasks are kept in OUTPUT (earlier runs included).
-        seeds: seed tasks in BELLE's zh_seed_tasks.json format; default: belle's own 48.
+        seeds: seed tasks in BELLE's zh_seed_tasks.json format; default: belle's own (55 tasks, 5 per category).
         seeds_per_request: seed tasks shown as examples in each request.
         tasks_per_request: length of the numbered list the model completes (examples included).
         similarity: drop a task whose instruction's character-level ROUGE-L with a seed or a kept one is above this.
@@ -64,6 +64,8 @@ def generate(
         seed: draws the examples of each request; change it to get new requests instead of cached replies.
         max_requests: stop after this many requests even short of --num; default: 10 + 4x what --num needs.
     """
+    if llm.problems():
+        raise UsageError("; ".join(llm.problems()))
     if seeds_per_request < 1:
         raise UsageError("--seeds-per-request must be at least 1")
     seed_tasks = _load_seeds(seeds or default_seed_path(), seeds_per_request)
@@ -208,14 +210,15 @@ class _Job:
         if reason:
             discarded[reason] += 1
             return None
-        index, score = self.index.most_similar(instruction)
-        if score > self.similarity:
+        match = self.index.most_similar(instruction)  # None: no earlier text is anywhere near
+        if match and match[1] > self.similarity:
             discarded["duplicate"] += 1
             return None
         self.index.add(instruction)
         return {
             "instruction": instruction, "input": task.input, "output": task.output, "category": task.category,
-            "most_similar_instruction": self.index.texts[index], "similarity": round(score, 4),
+            "most_similar_instruction": self.index.texts[match[0]] if match else None,
+            "similarity": round(match[1], 4) if match else 0.0,
         }
 
 

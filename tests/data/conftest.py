@@ -59,8 +59,22 @@ def numbered_reply(prompt: str, tasks: list[tuple[str, str, str, str]]) -> str:
     return text.split(f"{start}. 类别:", 1)[1]
 
 
+def new_tasks_per_prompt(per_reply: int):
+    """A responder that answers the n-th distinct prompt it sees with TASKS n*per_reply onwards,
+    and a prompt seen before with the same reply."""
+    prompts: dict[str, int] = {}
+
+    def responder(request: dict) -> str:
+        prompt = request["messages"][-1]["content"]
+        n = prompts.setdefault(prompt, len(prompts))
+        return numbered_reply(prompt, TASKS[per_reply * n: per_reply * (n + 1)])
+
+    return responder
+
+
 @pytest.fixture(scope="session")
 def scripted():
     """The pool of tasks and the reply builder, for tests (conftest modules cannot be imported)."""
     return SimpleNamespace(TASKS=TASKS, item_block=item_block, numbered_reply=numbered_reply,
-                           first_open_number=first_open_number)
+                           first_open_number=first_open_number,
+                           new_tasks_per_prompt=new_tasks_per_prompt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import signal
 import subprocess
 import sys
@@ -130,12 +131,7 @@ def test_faults_are_retried_then_counted_and_a_rerun_retries_the_failed_request(
 
 
 def test_a_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, seeds_file, scripted):
-    prompts: dict[str, int] = {}
-
-    def responder(request: dict):
-        prompt = request["messages"][-1]["content"]
-        n = prompts.setdefault(prompt, len(prompts))
-        return scripted.numbered_reply(prompt, scripted.TASKS[4 * n: 4 * n + 4])
+    responder = scripted.new_tasks_per_prompt(4)
 
     output = tmp_path / "tasks.jsonl"
     env = {**os.environ, "OPENAI_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
@@ -159,12 +155,7 @@ def test_a_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, seeds_file,
 
 
 def test_the_cache_makes_a_rerun_call_nothing_and_keys_reach_no_file(tmp_path, seeds_file, scripted):
-    prompts: dict[str, int] = {}
-
-    def responder(request: dict):
-        prompt = request["messages"][-1]["content"]
-        n = prompts.setdefault(prompt, len(prompts))
-        return scripted.numbered_reply(prompt, scripted.TASKS[6 * n: 6 * n + 6])
+    responder = scripted.new_tasks_per_prompt(6)
 
     output = tmp_path / "tasks.jsonl"
     with serve_stub(responder) as stub:
@@ -194,3 +185,20 @@ def test_bad_seed_file_is_a_clear_error(tmp_path):
                   "--output", str(tmp_path / "o.jsonl"), "--seeds", str(bad), "--num", "3"])
     assert result.returncode == 2
     assert f"{bad}:1" in result.stderr and "instruction" in result.stderr
+
+
+def test_a_task_with_no_lsh_candidate_is_kept_without_a_most_similar_one(monkeypatch, tmp_path):
+    """Beyond the index's exact limit, LSH may find no earlier text at all: the task is new."""
+    import functools
+
+    from belle.data import generate as module
+    from belle.data.selfinstruct import Task
+
+    monkeypatch.setattr(module, "NearDuplicateIndex", functools.partial(module.NearDuplicateIndex, exact_limit=0))
+    seeds = [Task(s["instruction"], s["instances"][0]["input"], s["instances"][0]["output"]) for s in SEEDS]
+    job = module._Job(seeds, [], {}, tmp_path / "o.jsonl", 10, 3, 20, 0.7, 0)
+    discarded = Counter()
+    new = job.screen(Task("用Python写一个函数，统计字符串中每个字母出现的次数。", "", "from collections import Counter"), discarded)
+    assert new["most_similar_instruction"] is None and new["similarity"] == 0.0
+    assert job.screen(Task("帮我安排一个轻松愉快的周末计划吧。", "", "去爬山。"), discarded) is None
+    assert discarded == {"duplicate": 1}
