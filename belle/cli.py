@@ -58,7 +58,8 @@ def setup_logging() -> None:
     # torchao, imported by peft and transformers' quantizers, warns about torch internals on import.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # httpx logs every request at INFO: Gradio's start-up checks, each call to a chat server.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # openai 3 ships its HTTP client as httpx2
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, prog: str) -> int:

@@ -24,7 +24,9 @@ def resume_records(path: Path) -> list[dict[str, Any]]:
         with open(path, "r+b") as f:
             f.truncate(len(complete))
     records = []
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+    # split at "\n" only: json.dumps(ensure_ascii=False) leaves U+2028 and U+0085 unescaped, and
+    # str.splitlines() would cut a record there
+    for number, line in enumerate(complete.decode("utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

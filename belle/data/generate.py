@@ -235,6 +235,6 @@ def _write_stats(job: _Job, stopped: str, options: LLMOptions, num: int) -> None
         "",
         f"- kept: {job.progress.kept} tasks of {num} wanted ({stopped})",
         *job.progress.summary_lines("requests"),
-        "- categories: " + ", ".join(f"{name} {n}" for name, n in categories.most_common()),
+        "- categories: " + (", ".join(f"{name} {n}" for name, n in categories.most_common()) or "none kept"),
         f"- this run: {job.usage.summary() if job.usage else 'no requests sent'}",
     ])

@@ -103,3 +103,10 @@ def test_resume_records_cuts_a_torn_last_line(tmp_path):
     path.write_text('{"id": 1}\n{"id": 2}\n{"id": 3, "te', encoding="utf-8")
     assert resume_records(path) == [{"id": 1}, {"id": 2}]
     assert path.read_text(encoding="utf-8") == '{"id": 1}\n{"id": 2}\n'
+
+
+def test_resume_records_keeps_line_separators_inside_strings(tmp_path):
+    path = tmp_path / "out.jsonl"
+    records = [{"raw": "a\u2028b\u0085c"}, {"raw": "d"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert resume_records(path) == records
