@@ -1,0 +1,1 @@
+"""Evaluation: eval sets, judge prompts and score parsing, answer generation, judging and reports."""

@@ -1,0 +1,223 @@
+"""Judge prompts per class, the judge's chat messages, and parsing the score out of its reply.
+
+Prompt files use BELLE's `eval_prompt.json` format, one `{"class", "prompt"}` per line (or a JSON
+array). Classes are matched through `class_key`, so BELLE's `open QA` / `closed\\xa0QA` prompts
+serve its `open qa` / `closed qa` items.
+
+The judge is asked to reason first and to end with one line `得分: x`, x in 0..1 (see
+`judge_messages`); `parse_score` reads that and the usual variants judges write instead.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from belle.conversation import DataError, Rejection, iter_json_records
+from belle.eval.evalset import EvalItem, class_key
+
+# Appended to every class prompt, so any prompt file (BELLE's too) gets the same reply format.
+OUTPUT_RULE = (
+    "请先用一两句话简要说明评分理由，然后在回复的最后单独一行写出分数，格式为“得分: x”，"
+    "其中 x 是 0 到 1 之间的数（可以是小数，例如 0.6），1 表示完全满足要求，0 表示完全不满足。"
+)
+NO_REFERENCE = "（本题没有标准答案。请只依据上面的评分标准判断模型回答的质量。）"
+
+
+def default_judge_prompts_path() -> Path:
+    """Our own judge prompts, one per class of `CLASSES` plus `translation`, shipped with the package."""
+    return Path(__file__).resolve().parents[1] / "assets" / "judge_prompts_zh.jsonl"
+
+
+def read_judge_prompts(path: Path) -> dict[str, str]:
+    """`{class_key(class): prompt}` from a prompt file; raise `DataError` listing every bad record
+    as `file:line: field: problem` (a class given twice is one of them)."""
+    path = Path(path)
+    prompts: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    errors: list[str] = []
+    for line, record in iter_json_records(path):
+        where = f"{path}:{line}"
+        if isinstance(record, Rejection):
+            errors.append(record.at(where))
+            continue
+        if not isinstance(record, dict):
+            errors.append(f"{where}: record: not a JSON object (got {type(record).__name__})")
+            continue
+        problems = [f"{where}: {field}: {problem}" for field, problem in _prompt_problems(record)]
+        if problems:
+            errors.extend(problems)
+            continue
+        key = class_key(record["class"])
+        if key in prompts:
+            errors.append(f"{where}: class: duplicate {key!r} (first on line {first_line[key]})")
+            continue
+        prompts[key], first_line[key] = record["prompt"].strip(), line
+    if errors:
+        raise DataError(f"{len(errors)} bad judge prompt record(s):\n" + "\n".join(errors))
+    if not prompts:
+        raise DataError(f"{path}: no judge prompts")
+    return prompts
+
+
+def _prompt_problems(record: dict[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for field in ("class", "prompt"):
+        value = record.get(field)
+        if value is None:
+            problems.append((field, "missing"))
+        elif not isinstance(value, str):
+            problems.append((field, f"must be a string (got {type(value).__name__})"))
+        elif not value.strip():
+            problems.append((field, "empty"))
+    return problems
+
+
+def missing_prompts(items: Iterable[EvalItem], prompts: dict[str, str]) -> list[str]:
+    """The classes (sorted, each once) of `items` that have no prompt in `prompts`."""
+    keys = {class_key(k) for k in prompts}
+    return sorted({item.klass for item in items if class_key(item.klass) not in keys})
+
+
+def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str]) -> list[dict[str, str]]:
+    """The judge's chat: a system message (the class's prompt plus `OUTPUT_RULE`) and one user
+    message with the question, the reference answer (or `NO_REFERENCE`) and the model's answer,
+    each between its own begin and end markers so that text inside cannot pass for another part.
+
+    A multi-turn question lists its user turns numbered; the answer is the reply to the last one.
+    Raise `KeyError` naming the class when `prompts` has none for it.
+    """
+    by_key = {class_key(k): v for k, v in prompts.items()}
+    key = class_key(item.klass)
+    if key not in by_key:
+        raise KeyError(f"no judge prompt for class {item.klass!r} (prompts have: {', '.join(sorted(by_key))})")
+    system = f"{by_key[key].strip()}\n\n{OUTPUT_RULE}"
+
+    if len(item.turns) == 1:
+        question = item.turns[0].strip()
+        answer_note = ""
+    else:
+        question = "\n".join(f"第{i}轮用户：{turn.strip()}" for i, turn in enumerate(item.turns, start=1))
+        question = f"（这是一段 {len(item.turns)} 轮的对话，用户依次提出以下内容）\n{question}"
+        answer_note = f"（以下是模型对第{len(item.turns)}轮的回答，请结合前面各轮的要求评判）\n"
+    reference = item.std_answer.strip() or NO_REFERENCE
+    user = (
+        f"【问题 开始】\n{question}\n【问题 结束】\n\n"
+        f"【标准答案 开始】\n{reference}\n【标准答案 结束】\n\n"
+        f"【模型回答 开始】\n{answer_note}{answer.strip()}\n【模型回答 结束】\n\n"
+        "请按照评分标准评判上面的模型回答：先写简短理由，最后一行写“得分: x”（x 在 0 到 1 之间）。"
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the score
+
+
+@dataclass(frozen=True)
+class ParsedScore:
+    """`score` in [0, 1], or None when the reply holds no usable score (never read as 0);
+    `reason` is the reply without the score line (the whole reply when parsing failed)."""
+
+    score: float | None
+    reason: str
+
+
+# An amount, optionally over a denominator ("8/10", "8 out of 10", "80分/100"), a percent, or with 分.
+_AMOUNT = (
+    r"(?P<x>\d+(?:\.\d+)?|\.\d+)\s*"
+    r"(?:(?P<pct>%)|分?\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?)|分)?"
+)
+_LABEL = r"(?:最终得分|总得分|得分|分数|评分|打分|总分|score|rating|grade)"
+# Label, an optional parenthesised note ("得分（0-1）"), a separator, an optional opening bracket.
+_LABELLED = re.compile(
+    rf"{_LABEL}\s*(?:\([^()\n]{{0,20}}\))?\s*(?:[:=]|为|是|is|of)?\s*[\[(]{{0,2}}\s*{_AMOUNT}", re.IGNORECASE
+)
+# "我给 0.8 分", "可以得 0.8 分", "打 8 分": a verb, an amount, then 分 (optionally "/10").
+_VERB = re.compile(r"(?:给出?|打|得)\s*(?P<x>\d+(?:\.\d+)?|\.\d+)\s*分(?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?")
+# A line that is nothing but a score: "0.8", "8/10", "80%", "0.9分", "[[8]]".
+_BARE = re.compile(rf"[\[(]{{0,2}}\s*{_AMOUNT}\s*[\])]{{0,2}}[。.!！]?")
+_REASON_LABEL = re.compile(r"^\s*(?:理由|原因|评语|解释|reason|explanation)\s*[:：]\s*", re.IGNORECASE)
+
+
+def parse_score(reply: str) -> ParsedScore:
+    """Read the judge's score from its reply, normalised to 0..1; None when there is none.
+
+    The text is NFKC-normalised first (full-width digits, colons and brackets become ASCII) and
+    markdown emphasis (`*`, `` ` ``, `#`) is removed. Then, in order:
+
+    1. labelled scores: `得分` / `分数` / `评分` / `打分` / `总分` / `score` / `rating` / `grade`,
+       an optional note in brackets, a separator (`:`, `=`, `为`, `是`, `is`, whitespace), an
+       amount; or a verb form, `给 0.8 分`, `打8分`, `得0.8分`. When there are several, the LAST
+       one in the reply decides (the judge is asked to end with its score, and its reasoning may
+       quote numbers before it); if that one is out of range the result is None and no earlier
+       one is tried, since guessing which the judge meant is worse than counting a failure.
+    2. otherwise the last non-empty line, if it is nothing but an amount (`0.8`, `8/10`, `80%`).
+
+    An amount becomes a fraction: `x/d` or `x out of d` -> x/d when 0 <= x <= d (d > 0); `x%` ->
+    x/100 when x <= 100; a bare x: 0 <= x <= 1 as is, 1 < x <= 10 -> x/10 (a 10-point scale),
+    10 < x <= 100 -> x/100 (a 100-point scale). Anything else (15/10, 250, no number, "无法评分")
+    is None: a failure the caller records and counts, never a 0. A minus sign is never part of an
+    amount, so "得分: -0.5" matches nothing and is None too.
+    """
+    text = unicodedata.normalize("NFKC", reply)
+    text = re.sub(r"[*`#]+", "", text)
+
+    found = [*_LABELLED.finditer(text), *_VERB.finditer(text)]
+    if found:
+        m = max(found, key=lambda m: m.start())
+        return _parsed(reply, text, m)
+
+    lines = [lm for lm in re.finditer(r"[^\n]+", text) if lm.group().strip()]
+    if lines:
+        last = lines[-1]
+        if _BARE.fullmatch(last.group().strip()) is not None:
+            bare = _BARE.search(text, last.start(), last.end())
+            return _parsed(reply, text, bare)
+    return ParsedScore(None, reply.strip())
+
+
+def _parsed(reply: str, text: str, m: re.Match[str]) -> ParsedScore:
+    score = _value(m)
+    if score is None:  # out of range: a failure, so keep the whole reply for whoever reads it
+        return ParsedScore(None, reply.strip())
+    return ParsedScore(score, _reason(reply, text, m.start(), m.end()))
+
+
+def _value(m: re.Match[str]) -> float | None:
+    """The fraction an amount match stands for, or None when out of range (see `parse_score`)."""
+    parts = m.groupdict()
+    x = float(parts["x"])
+    if parts.get("pct"):
+        return x / 100 if x <= 100 else None
+    if parts.get("den") is not None:
+        d = float(parts["den"])
+        return x / d if 0 < d and x <= d else None
+    if x <= 1:
+        return x
+    if x <= 10:
+        return x / 10
+    if x <= 100:
+        return x / 100
+    return None
+
+
+def _reason(reply: str, text: str, start: int, end: int) -> str:
+    """The original reply without the line that holds the score (`text[start:end]` in the
+    normalised text, which has the same lines), and without a leading `理由:` label.
+
+    When the score shares its only line with the reasoning ("回答正确，给 1 分"), that line is
+    the reason; a reply that is nothing but the score has reason "".
+    """
+    index = text.count("\n", 0, start)
+    lines = reply.split("\n")
+    rest = "\n".join(lines[:index] + lines[index + 1 :]).strip()
+    if not rest:
+        line_start = text.rfind("\n", 0, start) + 1
+        line_end = text.find("\n", end) % (len(text) + 1)  # -1 (no newline) -> len(text)
+        around = text[line_start:start] + text[end:line_end]
+        rest = lines[index].strip() if around.strip(" \t,;。.:!") else ""
+    return _REASON_LABEL.sub("", rest).strip()

@@ -1,0 +1,414 @@
+"""Reports of judged eval runs: per-class means with bootstrap intervals, Score and Score_w/o_others.
+
+A run folder holds `judgments.jsonl`, one line per (item, sample) written by the score step:
+
+    {"id": str, "class": str, "sample": int, "score": float in [0, 1] | null, "raw": str,
+     "prompt_tokens": int, "completion_tokens": int, "cached": bool}
+
+(`score` null means the judge's reply had no score we could read), and optionally `run.json`:
+`{"model", "judge", "price_input", "price_output"}` with prices in USD per million tokens.
+
+How the figures are made:
+- An item's score is the mean of its parsed samples (BELLE's scaling paper asked the judge three
+  times and averaged). An item none of whose samples parsed has no score: it is left out of every
+  mean and counted as unscored, never taken as 0, which would pull its class down for a parsing
+  problem rather than a bad answer. Failed samples of items that still have a score are counted too.
+- A class's mean is the plain mean of its item scores; its interval is a percentile bootstrap over
+  items (resampling items, not samples, since items are what was drawn from the task space).
+- `Score` is the macro average of the class means, every class weighted alike however many items
+  it has; `Score_w/o_others` leaves out math and code, BELLE's headline figure.
+- Tokens and cost count the judge calls actually made (`cached` false), the convention of
+  `belle.llm.Usage`: a reply served from the cache cost nothing this time.
+
+Reading never writes: a torn last line (no newline after it: the scorer was killed mid-write) is
+skipped, the same cut `belle.jsonl.resume_records` makes, but the file is left alone since a scorer
+may still be appending to it. Any other bad line is a `DataError` naming `file:line`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from belle.conversation import DataError
+from belle.eval.evalset import CLASSES, OTHERS
+
+logger = logging.getLogger(__name__)
+
+JUDGMENTS = "judgments.jsonl"
+RUN_INFO = "run.json"
+
+
+@dataclass
+class ClassResult:
+    """One class of one run.
+
+    n: items with a score; mean: their mean score (0..1), None when n == 0; ci_low / ci_high: the
+    bootstrap interval of that mean, None when n == 0 or no resamples were asked for;
+    parse_failures: items of the class with no parsed sample (not in n); failed_samples: samples
+    with no parsed score, including those of items that still have one.
+    """
+
+    klass: str
+    n: int
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    parse_failures: int
+    failed_samples: int = 0
+
+
+@dataclass
+class RunReport:
+    """Every figure of one run. Scores are 0..1; tokens are summed over judge calls made; cost in USD.
+
+    items: distinct items judged, scored or not; parse_failures: items without a score;
+    failed_samples: samples without a score; samples: judgment lines; cached: of which served from
+    the cache; confidence: the level of the class intervals; model / judge: from run.json.
+    """
+
+    name: str
+    classes: dict[str, ClassResult]
+    score: float | None
+    score_wo_others: float | None
+    items: int
+    parse_failures: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    failed_samples: int = 0
+    samples: int = 0
+    cached: int = 0
+    confidence: float = 0.95
+    model: str | None = None
+    judge: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_judgments(path: Path) -> list[dict[str, Any]]:
+    """The validated judgment records of `path`, in file order; `DataError` "file:line: problem" on
+    a bad line, a duplicate (id, sample), or an id judged under two classes. Missing token counts
+    read as 0 and a missing `cached` as false (a judge that reports no usage)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no judgments file; run `belle eval score --output {path.parent}` first")
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        logger.warning("%s: skipping a torn last line (a scorer killed mid-write, or still writing)", path)
+    records: list[dict[str, Any]] = []
+    seen: dict[tuple[str, int], int] = {}
+    class_of: dict[str, tuple[str, int]] = {}
+    try:
+        text = complete.decode("utf-8")
+    except UnicodeDecodeError as e:
+        number = complete.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{number}: not UTF-8 text") from None
+    # split on "\n" only: str.splitlines also breaks at U+2028, U+0085 and the like, which
+    # json.dumps(ensure_ascii=False) leaves unescaped inside a judge's reply
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON: {e.msg}") from None
+        record = _validated(record, where)
+        key = (record["id"], record["sample"])
+        if key in seen:
+            raise DataError(f"{where}: id {key[0]!r} sample {key[1]} was already judged on line {seen[key]}")
+        seen[key] = number
+        klass, first = class_of.setdefault(record["id"], (record["class"], number))
+        if klass != record["class"]:
+            raise DataError(f"{where}: id {record['id']!r} has class {record['class']!r} but {klass!r} on line {first}")
+        records.append(record)
+    return records
+
+
+def _validated(record: Any, where: str) -> dict[str, Any]:
+    """The record with defaults filled in; every problem of the line is named in one error."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: not a JSON object")
+    problems = []
+    for key in ("id", "class"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            problems.append(f"{key}: {record.get(key)!r} is not a non-empty string")
+    sample = record.get("sample")
+    if not _is_int(sample) or sample < 0:
+        problems.append(f"sample: {sample!r} is not an integer >= 0")
+    if "score" not in record:
+        problems.append("score: missing (null marks a parse failure)")
+    else:
+        score = record["score"]
+        if score is not None and not (_is_number(score) and 0 <= score <= 1):
+            problems.append(f"score: {score!r} is neither null nor a number in [0, 1]")
+    out = dict(record)
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = out.setdefault(key, 0)
+        if not _is_int(value) or value < 0:
+            problems.append(f"{key}: {value!r} is not an integer >= 0")
+    if not isinstance(out.setdefault("cached", False), bool):
+        problems.append(f"cached: {out['cached']!r} is not true or false")
+    if problems:
+        raise DataError(f"{where}: " + "; ".join(problems))
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """run.json of `run_dir` ({} if absent), its prices checked to be numbers >= 0 or null."""
+    path = run_dir / RUN_INFO
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: not a JSON object")
+    for key in ("price_input", "price_output"):
+        price = info.get(key)
+        if price is not None and not (_is_number(price) and price >= 0):
+            raise DataError(f"{path}: {key}: {price!r} is not a number >= 0 (USD per million tokens)")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def item_scores(judgments: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, float | None, int]]:
+    """id -> (class, mean of its parsed samples or None when none parsed, number of failed samples).
+
+    Items keep the order in which they first appear."""
+    parsed: dict[str, list[float]] = {}
+    failed: dict[str, int] = {}
+    class_of: dict[str, str] = {}
+    for record in judgments:
+        item = record["id"]
+        klass = class_of.setdefault(item, record["class"])
+        if klass != record["class"]:
+            raise DataError(f"id {item!r} is judged under two classes: {klass!r} and {record['class']!r}")
+        parsed.setdefault(item, [])
+        failed.setdefault(item, 0)
+        if record["score"] is None:
+            failed[item] += 1
+        else:
+            parsed[item].append(float(record["score"]))
+    # fsum: the correctly rounded sum, so a mean of exact values is the exact mean when representable
+    return {item: (class_of[item], math.fsum(scores) / len(scores) if scores else None, failed[item])
+            for item, scores in parsed.items()}
+
+
+def bootstrap_ci(values: list[float], *, resamples: int, seed: int, confidence: float) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of `values`: `resamples` draws of len(values) with
+    replacement; the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of their means.
+    None when there are no values or no resamples."""
+    if not values or resamples < 1:
+        return None
+    x = np.asarray(values, dtype=np.float64)
+    if np.ptp(x) == 0:  # every resample is the same; skip the float noise of summing copies
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)  # (resamples,)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+def class_order(classes: Iterable[str]) -> list[str]:
+    """BELLE's classes in their usual order, then any others alphabetically."""
+    known = {klass: i for i, klass in enumerate(CLASSES)}
+    return sorted(set(classes), key=lambda k: (known.get(k, len(known)), k))
+
+
+def _macro(means: Iterable[float | None]) -> float | None:
+    present = [m for m in means if m is not None]
+    return math.fsum(present) / len(present) if present else None
+
+
+def build_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95) -> RunReport:
+    """The report of one run folder (see the module docstring for every figure).
+
+    bootstrap: resamples per class interval (0: no intervals); seed: makes the intervals
+    reproducible, each class drawing from its own stream so adding a class moves no other's
+    interval; confidence: the interval's level, in (0, 1)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be 0 or more resamples, got {bootstrap}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run folder")
+    judgments = read_judgments(run_dir / JUDGMENTS)
+    info = read_run_info(run_dir)
+    scores = item_scores(judgments)
+
+    per_class: dict[str, list[float]] = {}
+    unscored: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    for klass, score, failures in scores.values():
+        per_class.setdefault(klass, [])
+        if score is None:
+            unscored[klass] = unscored.get(klass, 0) + 1
+        else:
+            per_class[klass].append(score)
+        failed[klass] = failed.get(klass, 0) + failures
+
+    classes = {}
+    for klass in class_order(per_class):
+        values = per_class[klass]
+        ci = bootstrap_ci(values, resamples=bootstrap, seed=_class_seed(seed, klass), confidence=confidence)
+        classes[klass] = ClassResult(
+            klass=klass, n=len(values), mean=math.fsum(values) / len(values) if values else None,
+            ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
+            parse_failures=unscored.get(klass, 0), failed_samples=failed[klass])
+
+    made = [r for r in judgments if not r["cached"]]
+    prompt_tokens = sum(r["prompt_tokens"] for r in made)
+    completion_tokens = sum(r["completion_tokens"] for r in made)
+    price_in, price_out = info.get("price_input"), info.get("price_output")
+    # half a price would read as a total, so no cost unless both are known
+    cost = (prompt_tokens * price_in + completion_tokens * price_out) / 1e6 \
+        if price_in is not None and price_out is not None else None
+    return RunReport(
+        name=run_dir.resolve().name,
+        classes=classes,
+        score=_macro(c.mean for c in classes.values()),
+        score_wo_others=_macro(c.mean for k, c in classes.items() if k not in OTHERS),
+        items=len(scores),
+        parse_failures=sum(unscored.values()),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost,
+        failed_samples=sum(failed.values()),
+        samples=len(judgments),
+        cached=len(judgments) - len(made),
+        confidence=confidence,
+        model=_str_or_none(info.get("model")),
+        judge=_str_or_none(info.get("judge")),
+    )
+
+
+def _class_seed(seed: int, klass: str) -> list[int]:
+    # crc32, not hash(): str hashes change from one process to the next
+    return [seed, zlib.crc32(klass.encode("utf-8"))]
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_report(reports: list[RunReport], out_dir: Path) -> None:
+    """Write report.json (every figure of every run), report.md (one table, classes as rows and
+    runs as columns) and report.png (per-class bars, one per run, with interval error bars)."""
+    if not reports:
+        raise ValueError("write_report needs at least one run")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"runs": [asdict(report) for report in reports]}
+    (out_dir / "report.json").write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(report_markdown(reports), encoding="utf-8")
+    _plot(reports, out_dir / "report.png")
+
+
+def _f(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _cell(result: ClassResult | None) -> str:
+    if result is None:
+        return "—"
+    if result.mean is None:
+        text = "— (n=0)"
+    elif result.ci_low is None:
+        text = f"{result.mean:.3f} (n={result.n})"
+    else:
+        text = f"{result.mean:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}] (n={result.n})"
+    if result.parse_failures:
+        text += f", {result.parse_failures} unscored"
+    return text
+
+
+def report_markdown(reports: list[RunReport]) -> str:
+    """The markdown table of `reports`: a row per class (mean [CI] (n)), then the summary rows."""
+    levels = sorted({round(r.confidence * 100, 6) for r in reports})
+    level = "/".join(f"{x:g}%" for x in levels)
+
+    def row(label: str, cells: Iterable[str]) -> str:
+        return "| " + " | ".join([label, *(c.replace("|", "\\|") for c in cells)]) + " |"
+
+    lines = ["# Eval report", "",
+             f"Class cells: mean judge score (0..1) [{level} bootstrap interval over items] (items scored). "
+             f"Score: macro average over classes; Score_w/o_others: without {' and '.join(OTHERS)}.", "",
+             row("class", (r.name for r in reports)), "|" + "---|" * (len(reports) + 1)]
+    if any(r.model for r in reports):
+        lines.append(row("model", (r.model or "—" for r in reports)))
+    if any(r.judge for r in reports):
+        lines.append(row("judge", (r.judge or "—" for r in reports)))
+    for klass in class_order(k for r in reports for k in r.classes):
+        lines.append(row(klass, (_cell(r.classes.get(klass)) for r in reports)))
+    lines += [
+        row("**Score**", (f"**{_f(r.score)}**" for r in reports)),
+        row("**Score_w/o_others**", (f"**{_f(r.score_wo_others)}**" for r in reports)),
+        row("items", (str(r.items) for r in reports)),
+        row("unscored items (parse failures)", (str(r.parse_failures) for r in reports)),
+        row("failed samples", (f"{r.failed_samples} of {r.samples}" for r in reports)),
+        row("judge tokens (prompt + completion)", (f"{r.prompt_tokens:,} + {r.completion_tokens:,}" for r in reports)),
+        row("cached samples", (str(r.cached) for r in reports)),
+        row("cost (USD)", ("—" if r.cost_usd is None else f"${r.cost_usd:,.4f}" for r in reports)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(reports: list[RunReport], path: Path) -> None:
+    # Figure + the Agg canvas directly: no pyplot, so no global backend switch and no GUI
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    classes = class_order(k for r in reports for k in r.classes)
+    width = 0.8 / len(reports)
+    # inches: about a quarter per bar plus room between classes, kept within a readable page
+    fig = Figure(figsize=(min(16.0, max(6.0, 1 + len(classes) * (0.25 * len(reports) + 0.4))), 5.0),
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(classes))
+    for i, report in enumerate(reports):
+        results = [report.classes.get(k) for k in classes]
+        means = np.array([np.nan if r is None or r.mean is None else r.mean for r in results])
+        # a class the run lacks, or one with no scored item, gets no bar (NaN), not a bar at 0
+        low = np.array([np.nan if r is None or r.ci_low is None else r.mean - r.ci_low for r in results])
+        high = np.array([np.nan if r is None or r.ci_high is None else r.ci_high - r.mean for r in results])
+        label = f"{report.name} (Score_w/o_others {_f(report.score_wo_others)})"
+        ax.bar(x + (i - (len(reports) - 1) / 2) * width, means, width, label=label,
+               yerr=np.vstack([low, high]), capsize=2)
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean judge score")
+    has_ci = any(c.ci_low is not None for r in reports for c in r.classes.values())
+    level = f"{reports[0].confidence * 100:g}%"
+    ax.set_title("Judge score per class" + (f" ({level} bootstrap intervals)" if has_ci else ""))
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(len(reports), 2))
+    fig.savefig(path, dpi=120)
