@@ -118,6 +118,7 @@ class _Job:
         for record in kept_records:
             self.index.add(record["instruction"])
         self.written_ids = {record["id"] for record in kept_records}
+        self.categories = Counter(record.get("category") or "unknown" for record in kept_records)
         self.journal = journal
         self.usage = None
         self.progress = Progress(kept=len(kept_records))
@@ -192,6 +193,7 @@ class _Job:
                 continue
             jsonl.append(out, {"id": record_id, **record})
             self.written_ids.add(record_id)
+            self.categories[record["category"] or "unknown"] += 1
             kept_ids.append(record_id)
             self.progress.kept += 1
             if self.progress.kept >= self.num:
@@ -223,7 +225,7 @@ class _Job:
 
 
 def _write_stats(job: _Job, stopped: str, options: LLMOptions, num: int) -> None:
-    categories = Counter(record.get("category") or "unknown" for record in jsonl.resume_records(job.output))
+    categories = job.categories
     stats = {
         "output": str(job.output), "model": options.model, "num": num, "stopped": stopped,
         **job.progress.to_dict(),
