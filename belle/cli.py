@@ -7,7 +7,7 @@ trailing underscore is dropped (`from_` is `--from`). Help text comes from the d
 
 A keyword-only parameter typed as a dataclass (options shared by several verbs, such as the LLM
 endpoint) becomes one flag per field, named `--PARAM-FIELD` (`judge: LLMOptions` gives `--judge-model`),
-or plain `--FIELD` for a parameter named `llm`; help comes from the dataclass's own `Args:`.
+or plain `--FIELD` for a parameter named `llm` or `options`; help comes from the dataclass's own `Args:`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ JOBS = {
     "chat": "belle.chat.cli",
     "serve": "belle.chat.serve",
     "vocab": "belle.vocab.cli",
+    "eval": "belle.eval.cli",
 }
 
 
@@ -165,7 +166,7 @@ def _add_dataclass(parser: argparse.ArgumentParser, name: str, options: type) ->
     """One flag per field of the dataclass `options`, stored as `NAME.FIELD` for `_call` to regroup."""
     docs = _arg_docs(inspect.getdoc(options) or "")
     hints = typing.get_type_hints(options)
-    prefix = "" if name == "llm" else name + "_"
+    prefix = "" if name in ("llm", "options") else name + "_"
     group = parser.add_argument_group(name, (inspect.getdoc(options) or "").split("\n")[0])
     for field in dataclasses.fields(options):
         parameter = inspect.Parameter(

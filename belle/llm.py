@@ -273,17 +273,20 @@ class LLMClient:
 
     Args:
         options: the endpoint and the limits.
+        api_key: a key given directly (the eval web page's password field); default: the
+            environment variable `options.api_key_env`. Held in memory only.
         backoff_base, backoff_cap: seconds; retry k waits uniform(0, min(cap, base * 2**k)).
     """
 
-    def __init__(self, options: LLMOptions, *, backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP) -> None:
+    def __init__(self, options: LLMOptions, *, api_key: str | None = None,
+                 backoff_base: float = BACKOFF_BASE, backoff_cap: float = BACKOFF_CAP) -> None:
         problems = options.problems()
         if problems:
             raise ValueError("invalid LLM options:\n  " + "\n  ".join(problems))
         self.options = options
         self.base_url = (options.base_url or OPENAI_BASE_URL).rstrip("/")
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        key = os.environ.get(options.api_key_env)
+        key = api_key or os.environ.get(options.api_key_env)
         if not key:
             if not is_loopback(self.base_url):
                 raise LLMFatalError(

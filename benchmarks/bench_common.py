@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,23 @@ def finish(results: dict[str, Any], passed: bool, json_path: str | None) -> int:
         Path(json_path).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
         print(f"results written to {json_path}")
     return 0 if passed else 1
+
+
+def start_stub(latency: float, reply: str) -> tuple[subprocess.Popen, str]:
+    """The scripted OpenAI-compatible server (`belle.testing.openai_stub`) in a subprocess, so its
+    threads never compete with the client for the benchmark's GIL; returns it and its URL."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "belle.testing.openai_stub", "--latency", str(latency), "--reply", reply],
+                            stdout=subprocess.PIPE, text=True, cwd=str(repo))
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
+        raise RuntimeError(f"the stub server did not start (printed {url!r}, exit status {proc.poll()})")
+    return proc, url
+
+
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    return "\n".join([*lines, *(fmt.format(*r) for r in rows)])

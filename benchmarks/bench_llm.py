@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,24 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench_common import finish, machine_info, process_cpu_seconds  # noqa: E402  (beside this script)
+from bench_common import finish, machine_info, markdown_table, process_cpu_seconds, start_stub  # noqa: E402
 
 from belle.llm import LLMClient, LLMOptions  # noqa: E402
 
 SLACK = 1.2  # goal: wall time <= SLACK * requests * latency / concurrency
 REPLY = "好的，这是一个用于测试吞吐量的固定回答。"
 KEY_ENV = "BELLE_BENCH_LLM_KEY"  # unset: the stub is on 127.0.0.1, so the client sends no key
-
-
-def start_stub(latency: float) -> tuple[subprocess.Popen, str]:
-    """The stub server in a subprocess; returns it and its URL (the first line it prints)."""
-    proc = subprocess.Popen([sys.executable, "-m", "belle.testing.openai_stub", "--latency", str(latency), "--reply", REPLY],
-                            stdout=subprocess.PIPE, text=True, cwd=str(REPO))
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://"):
-        proc.kill()
-        raise RuntimeError(f"the stub server did not start (printed {url!r}, exit status {proc.poll()})")
-    return proc, url
 
 
 async def run_once(options: LLMOptions, prompts: list[str]) -> dict[str, Any]:
@@ -71,13 +59,6 @@ async def run_once(options: LLMOptions, prompts: list[str]) -> dict[str, Any]:
     return {"wall_seconds": wall, "client_cpu_seconds": cpu, "usage": usage.to_dict(), "summary": usage.summary(),
             "correct": sum(not isinstance(r, BaseException) and r.text == REPLY for r in replies),
             "errors": [f"{type(e).__name__}: {e}" for e in errors[:5]]}
-
-
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    return "\n".join([*lines, *(fmt.format(*r) for r in rows)])
 
 
 def main() -> int:
@@ -99,7 +80,7 @@ def main() -> int:
     prompts = [f"第{i}个问题：请用一句话介绍一种中国的传统节日。" for i in range(args.requests)]
     results: dict[str, Any] = {"machine": info, "args": vars(args), "lower_bound_seconds": bound,
                                "goal_seconds": goal, "runs": {}}
-    proc, url = start_stub(args.latency)
+    proc, url = start_stub(args.latency, REPLY)
     try:
         with tempfile.TemporaryDirectory(prefix="belle-bench-llm-") as tmp:
             base = dict(model="stub-model", base_url=url, api_key_env=KEY_ENV, concurrency=args.concurrency)
@@ -130,7 +111,7 @@ def main() -> int:
                      target, "PASS" if passed else "FAIL"))
         for error in run["errors"]:
             print(f"  {name}: {error}")
-    print("\n" + table(("run", "wall s", "requests/s", "vs bound", "HTTP calls", "correct replies",
+    print("\n" + markdown_table(("run", "wall s", "requests/s", "vs bound", "HTTP calls", "correct replies",
                         "CPU s client / server", "goal", "result"), rows))
     return finish(results, ok, args.json)
 

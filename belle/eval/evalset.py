@@ -17,7 +17,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from belle.conversation import DataError, Rejection, iter_json_records
 
@@ -76,8 +76,18 @@ def read_eval_set(path: Path) -> list[EvalItem]:
     Explicit ids must be unique; derived ids of repeated questions get `-2`, `-3`, ... suffixes.
     An empty file is an error too: an eval run over nothing is always a mistake.
     """
+    return [item for item, _ in read_eval_records(path)]
+
+
+def read_eval_records(path: Path, extra: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None,
+                      ) -> list[tuple[EvalItem, dict[str, Any]]]:
+    """(item, raw record) of every record of an eval-set-shaped file (eval sets, answers files).
+
+    `extra(record)` returns the (field, problem) pairs of fields beyond the eval set's own (an
+    answers file's `answer`); they are reported with the rest, `file:line: field: problem`.
+    """
     path = Path(path)
-    items: list[EvalItem] = []
+    records: list[tuple[EvalItem, dict[str, Any]]] = []
     errors: list[str] = []
     seen: dict[str, int] = {}  # id -> line it was first used on
     for line, record in iter_json_records(path):
@@ -90,6 +100,10 @@ def read_eval_set(path: Path) -> list[EvalItem]:
         except Rejection as e:
             errors.append(e.at(where))
             continue
+        problems = extra(record) if extra else []
+        if problems:
+            errors.extend(f"{where}: {field}: {problem}" for field, problem in problems)
+            continue
         if item_id is None:
             base = derived_id(klass, turns)
             item_id, n = base, 1
@@ -100,15 +114,15 @@ def read_eval_set(path: Path) -> list[EvalItem]:
             errors.append(f"{where}: id: duplicate {item_id!r} (first on line {seen[item_id]})")
             continue
         seen[item_id] = line
-        items.append(EvalItem(id=item_id, turns=turns, std_answer=std_answer, klass=klass))
+        records.append((EvalItem(id=item_id, turns=turns, std_answer=std_answer, klass=klass), record))
     if errors:
         listed = errors[:MAX_LISTED_ERRORS]
         if len(errors) > len(listed):
             listed.append(f"... and {len(errors) - len(listed)} more")
         raise DataError(f"{len(errors)} bad eval record(s):\n" + "\n".join(listed))
-    if not items:
+    if not records:
         raise DataError(f"{path}: no eval items")
-    return items
+    return records
 
 
 class _FieldError(Exception):

@@ -1,0 +1,3 @@
+from belle.eval.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""Scoring answers with an LLM judge, into a run folder that a killed run resumes.
+
+`score_answers` asks the judge about every answer `samples` times (request variant k for sample
+k, so each sample has its own cache entry) through the shared client, and appends the item's
+judgments to `RUN_DIR/judgments.jsonl` (format in `belle.eval.report`) once all its samples are
+in. A re-run reads that file and asks only for what is missing, so a finished run makes no call.
+`RUN_DIR/run.json` pins what the judgments depend on (judge, prompts, decoding); scoring into the
+same folder with other settings is refused rather than mixed into one report, and an answer that
+changed since it was judged is refused too (each judgment keeps a hash of the answer it saw).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+from belle import jsonl
+from belle.cli import UsageError
+from belle.conversation import DataError
+from belle.eval.answers import Answered
+from belle.eval.evalset import EvalItem
+from belle.eval.judging import judge_messages, missing_prompts, parse_score
+from belle.eval.report import JUDGMENTS, RUN_INFO, read_judgments
+from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, Usage
+
+# Settings that change what the judge says: a run folder keeps one value of each.
+PINNED = ("judge", "prompts_sha1", "temperature", "max_tokens")
+
+
+def judge_params(samples: int, temperature: float | None, max_tokens: int) -> dict[str, Any]:
+    """The judge's chat parameters: temperature 0 for one sample (as repeatable as the judge
+    allows), 0.7 for several (samples that cannot differ average nothing), unless given."""
+    if temperature is None:
+        temperature = 0.0 if samples == 1 else 0.7
+    return {"temperature": temperature, "max_tokens": max_tokens}
+
+
+def file_sha1(path: Path) -> str:
+    """The hex sha1 of a file's bytes (run.json pins the judge prompts' file by it)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def answer_hash(answer: str) -> str:
+    return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
+
+
+def judgment_record(item: EvalItem, answer: str, sample: int, reply: Reply) -> dict[str, Any]:
+    """One line of judgments.jsonl: the parsed score (None: a parse failure) and the raw reply."""
+    parsed = parse_score(reply.text)
+    return {
+        "id": item.id, "class": item.klass, "sample": sample, "score": parsed.score, "reason": parsed.reason,
+        "raw": reply.text, "answer_sha1": answer_hash(answer), "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens, "cached": reply.cached,
+    }
+
+
+async def ask_judge(client: LLMClient, messages: list[dict[str, str]], params: dict[str, Any], variant: int = 0) -> Reply:
+    """The judge's reply to `messages`; a completion endpoint (`--judge-api completion`) gets
+    the system prompt and the user message as one text."""
+    if client.options.api == "chat":
+        return await client.chat(messages, variant=variant, **params)
+    return await client.complete("\n\n".join(m["content"] for m in messages), variant=variant, **params)
+
+
+async def judge_answer(client: LLMClient, item: EvalItem, answer: str, prompts: dict[str, str], *,
+                       samples: int = 1, params: dict[str, Any], first_sample: int = 0) -> list[dict[str, Any]]:
+    """Judgment records of samples `first_sample .. samples - 1` of one answer, in sample order.
+
+    Raises `LLMError` when a call fails for good, `KeyError` when the class has no prompt."""
+    messages = judge_messages(item, answer, prompts)
+    replies = await asyncio.gather(*(ask_judge(client, messages, params, k) for k in range(first_sample, samples)))
+    return [judgment_record(item, answer, k, reply) for k, reply in zip(range(first_sample, samples), replies)]
+
+
+@dataclass
+class ScoreResult:
+    """What one scoring run did: items judged now, items already judged before, items whose
+    judge call failed for good (id -> error; a re-run retries them), samples judged now with no
+    readable score, and the client's usage (None when nothing was asked)."""
+
+    judged: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    parse_failures: int = 0
+    usage: Usage | None = None
+
+
+def check_prompts(answered: Sequence[Answered], prompts: dict[str, str]) -> None:
+    """Raise `UsageError` naming the classes of `answered` that `prompts` has no prompt for."""
+    missing = missing_prompts((a.item for a in answered), prompts)
+    if missing:
+        raise UsageError(f"no judge prompt for class(es) {', '.join(map(repr, missing))}; "
+                         f"prompts have: {', '.join(sorted(prompts))}")
+
+
+def score_answers(answered: Sequence[Answered], prompts: dict[str, str], judge: LLMOptions, run_dir: Path, *,
+                  samples: int = 1, temperature: float | None = None, max_tokens: int = 1024,
+                  api_key: str | None = None, prompts_sha1: str = "",
+                  on_progress: Callable[[int, int], None] | None = None, show_progress: bool = True) -> ScoreResult:
+    """Judge every answer `samples` times into `run_dir` (see the module docstring).
+
+    `prompts_sha1` names the prompt file's content in run.json; `on_progress(done, total)` is
+    called after each item with counts of this run's items. Raises `UsageError` for settings that
+    cannot work (a class with no prompt, a folder scored with other settings, changed answers),
+    `LLMFatalError` when the judge refuses the key or does not exist.
+    """
+    if samples < 1:
+        raise UsageError(f"--samples must be at least 1, not {samples}")
+    if judge.problems():
+        raise UsageError("; ".join(judge.problems()))
+    check_prompts(answered, prompts)
+    params = judge_params(samples, temperature, max_tokens)
+    models = sorted({a.model for a in answered if a.model})
+    _pin_run_info(run_dir, {
+        "judge": judge.model, "prompts_sha1": prompts_sha1, "temperature": params["temperature"],
+        "max_tokens": max_tokens, "model": ", ".join(models) or None, "judge_base_url": judge.base_url,
+        "price_input": judge.price_input, "price_output": judge.price_output,
+    })
+    path = run_dir / JUDGMENTS
+    todo = _todo(answered, path, samples)
+    result = ScoreResult(skipped=len(answered) - len(todo))
+    if todo:
+        asyncio.run(_judge_all(todo, prompts, judge, path, samples, params, api_key, result, on_progress, show_progress))
+    return result
+
+
+def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    """Write run.json, or check that the one there was made with the same `PINNED` settings."""
+    path = run_dir / RUN_INFO
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+        changed = [f"{key} {old.get(key)!r} -> {info[key]!r}" for key in PINNED if old.get(key) != info[key]]
+        if changed:
+            raise UsageError(f"{run_dir} was scored with other settings ({'; '.join(changed)}); "
+                             "score into a new --output, or use the same settings to resume")
+        info = {**old, **{k: v for k, v in info.items() if v is not None}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _todo(answered: Sequence[Answered], path: Path, samples: int) -> list[tuple[Answered, int]]:
+    """(answer, first sample still to ask) for every answer with samples missing in `path`."""
+    try:
+        jsonl.resume_records(path)  # cuts the torn line a killed run may have left
+        records = read_judgments(path) if path.exists() else []
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    have: dict[str, int] = {}
+    seen: dict[str, str] = {}
+    for record in records:
+        have[record["id"]] = max(have.get(record["id"], 0), record["sample"] + 1)
+        seen[record["id"]] = record.get("answer_sha1", "")
+    changed = [a.item.id for a in answered if a.item.id in seen and seen[a.item.id] != answer_hash(a.answer)]
+    if changed:
+        raise UsageError(f"{len(changed)} answer(s) changed since {path} judged them (e.g. id {changed[0]!r}); "
+                         "score into a new --output")
+    return [(a, have.get(a.item.id, 0)) for a in answered if have.get(a.item.id, 0) < samples]
+
+
+async def _judge_all(todo: list[tuple[Answered, int]], prompts: dict[str, str], judge: LLMOptions, path: Path,
+                     samples: int, params: dict[str, Any], api_key: str | None, result: ScoreResult,
+                     on_progress: Callable[[int, int], None] | None, show_progress: bool) -> None:
+    async def one(answer: Answered, first: int) -> tuple[Answered, list[dict[str, Any]] | str]:
+        try:
+            return answer, await judge_answer(client, answer.item, answer.answer, prompts,
+                                              samples=samples, params=params, first_sample=first)
+        except LLMFatalError:
+            raise
+        except LLMError as e:
+            return answer, str(e)
+
+    scores: list[float] = []
+    bar = tqdm(total=len(todo), desc="judging", unit="item", dynamic_ncols=True, disable=not show_progress)
+    async with LLMClient(judge, api_key=api_key) as client:
+        result.usage = client.usage
+        futures = [asyncio.ensure_future(one(answer, first)) for answer, first in todo]
+        try:
+            with jsonl.open_append(path) as out:
+                for done, next_done in enumerate(asyncio.as_completed(futures), start=1):
+                    answer, records = await next_done
+                    if isinstance(records, str):
+                        result.failed[answer.item.id] = records
+                    else:
+                        for record in records:
+                            jsonl.append(out, record)
+                            if record["score"] is None:
+                                result.parse_failures += 1
+                            else:
+                                scores.append(record["score"])
+                        result.judged += 1
+                    bar.update()
+                    bar.set_postfix_str(f"mean {sum(scores) / len(scores):.3f}" if scores else "", refresh=False)
+                    if on_progress:
+                        on_progress(done, len(todo))
+        finally:
+            for future in futures:
+                future.cancel()
+            await asyncio.gather(*futures, return_exceptions=True)
+            bar.close()
