@@ -19,6 +19,10 @@ atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=Tr
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
 BELLE_DATA = REPO.parent / "shared" / "belle-data"
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium's own connections stall on a closed network.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +76,14 @@ def tiny_gptq_dir(tiny_model_dir, tmp_path_factory) -> Path:
         model.save(str(out))
     shutil.copy(tiny_model_dir / "belle.json", out / "belle.json")
     return out
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's), driven by playwright; one for the whole run."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

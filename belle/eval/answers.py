@@ -72,11 +72,10 @@ def answer_record(item: EvalItem, replies: Sequence[str], model: str, finish_rea
 
 @dataclass
 class AnswerRun:
-    """What one generate run did: items answered now, items already in the file, items skipped
-    (id -> why: a prompt longer than the context, an endpoint that failed for good)."""
+    """What one generate run did: items answered, and items skipped (id -> why: a prompt longer
+    than the context, an endpoint that failed for good)."""
 
     answered: int = 0
-    already: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
 
 

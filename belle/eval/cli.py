@@ -227,7 +227,7 @@ def _answer(options: AnswerOptions, items: list[EvalItem], output: Path) -> Answ
         raise UsageError(str(e)) from None
     if not pending:
         print(f"all {len(items)} items are already answered in {output}")
-        return AnswerRun(already=already)
+        return AnswerRun()
     print(f"answering {len(pending)} items ({already} already in {output})")
     with tqdm(total=len(pending), desc="answering", unit="item", dynamic_ncols=True) as bar:
         if options.api_model:
@@ -247,7 +247,6 @@ def _answer(options: AnswerOptions, items: list[EvalItem], output: Path) -> Answ
                                      trust_remote_code=options.trust_remote_code).values()
             answered = answer_locally(engine, pending, output, params, batch_size=options.batch_size,
                                       system=options.system, on_item=bar.update)
-    answered.already = already
     print(f"wrote {answered.answered} answers to {output}")
     for item_id, why in list(answered.skipped.items())[:10]:
         print(f"skipped {item_id}: {why}")

@@ -82,6 +82,15 @@ def missing_prompts(items: Iterable[EvalItem], prompts: dict[str, str]) -> list[
     return sorted({item.klass for item in items if class_key(item.klass) not in keys})
 
 
+def question_for_judge(item: EvalItem) -> str:
+    """The question as a judge reads it: the text of a single-turn item; for a multi-turn one, a
+    line saying so and the user turns numbered (`第1轮用户：...`)."""
+    if len(item.turns) == 1:
+        return item.turns[0].strip()
+    turns = "\n".join(f"第{i}轮用户：{turn.strip()}" for i, turn in enumerate(item.turns, start=1))
+    return f"（这是一段 {len(item.turns)} 轮的对话，用户依次提出以下内容）\n{turns}"
+
+
 def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str]) -> list[dict[str, str]]:
     """The judge's chat: a system message (the class's prompt plus `OUTPUT_RULE`) and one user
     message with the question, the reference answer (or `NO_REFERENCE`) and the model's answer,
@@ -96,13 +105,8 @@ def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str]) -> list
         raise KeyError(f"no judge prompt for class {item.klass!r} (prompts have: {', '.join(sorted(by_key))})")
     system = f"{by_key[key].strip()}\n\n{OUTPUT_RULE}"
 
-    if len(item.turns) == 1:
-        question = item.turns[0].strip()
-        answer_note = ""
-    else:
-        question = "\n".join(f"第{i}轮用户：{turn.strip()}" for i, turn in enumerate(item.turns, start=1))
-        question = f"（这是一段 {len(item.turns)} 轮的对话，用户依次提出以下内容）\n{question}"
-        answer_note = f"（以下是模型对第{len(item.turns)}轮的回答，请结合前面各轮的要求评判）\n"
+    question = question_for_judge(item)
+    answer_note = "" if len(item.turns) == 1 else f"（以下是模型对第{len(item.turns)}轮的回答，请结合前面各轮的要求评判）\n"
     reference = item.std_answer.strip() or NO_REFERENCE
     user = (
         f"【问题 开始】\n{question}\n【问题 结束】\n\n"

@@ -47,6 +47,7 @@ from belle.cli import UsageError
 from belle.conversation import DataError
 from belle.eval.answers import Answered, read_answers
 from belle.eval.evalset import EvalItem
+from belle.eval.judging import question_for_judge
 from belle.eval.report import class_order
 from belle.eval.scoring import ask_judge
 from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply
@@ -89,13 +90,8 @@ def pairwise_messages(item: EvalItem, first: str, second: str) -> list[dict[str,
 
     A multi-turn question lists its user turns numbered; both answers reply to the last one.
     """
-    if len(item.turns) == 1:
-        question = item.turns[0].strip()
-        note = ""
-    else:
-        turns = "\n".join(f"第{i}轮用户：{turn.strip()}" for i, turn in enumerate(item.turns, start=1))
-        question = f"（这是一段 {len(item.turns)} 轮的对话，用户依次说了以下内容）\n{turns}"
-        note = f"（两个回答都是对第{len(item.turns)}轮的回复，请结合前面各轮的要求评判）\n\n"
+    question = question_for_judge(item)
+    note = "" if len(item.turns) == 1 else f"（两个回答都是对第{len(item.turns)}轮的回复，请结合前面各轮的要求评判）\n\n"
     reference = item.std_answer.strip() or NO_REFERENCE
     user = (
         f"【问题 开始】\n{question}\n【问题 结束】\n\n"

@@ -22,10 +22,6 @@ from belle.generation import GenerationParams, PromptTooLong
 QUESTION = "你好，请介绍一下北京的历史和美食。"
 SETTINGS = ["system", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"]
 GREEDY = {"system": "你是一个乐于助人的助手。", "temperature": 0}
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking flags Chromium's own connections stall on a closed network.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -226,16 +222,6 @@ def test_remote_backend(web_remote):
 
 
 # The real CLI, in headless Chromium.
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

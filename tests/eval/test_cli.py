@@ -1,5 +1,5 @@
 """`belle eval` end to end, as a user runs it: the tiny model answers, a judge server scores,
-the report is written; `run` does all three; reports of several runs side by side."""
+the report is written; `run` does all three; reports of several runs side by side; two runs compared pairwise."""
 
 import json
 
@@ -65,6 +65,15 @@ def test_run_does_all_three_and_reports_compare_runs(belle_cli, tiny_model_dir, 
     runs = json.loads((tmp_path / "cmp" / "report.json").read_text(encoding="utf-8"))["runs"]
     assert [r["name"] for r in runs] == ["first", "second"] and [r["model"] for r in runs] == ["first", "second"]
     assert "| class | first | second |" in both.stdout
+
+    with serve_stub("两个回答差不多。\n[[C]]") as stub:
+        pair = belle_cli("eval", "pairwise", str(tmp_path / "first" / "answers.jsonl"),
+                         str(tmp_path / "second" / "answers.jsonl"), "--output", str(tmp_path / "pair"),
+                         "--judge-model", "judge", "--judge-base-url", stub.url, "--judge-cache", "off")
+        assert pair.returncode == 0, pair.stderr
+        assert stub.calls == 20  # ten items, both orders
+    overall = json.loads((tmp_path / "pair" / "pairwise.json").read_text(encoding="utf-8"))["overall"]
+    assert (overall["n"], overall["ties"], overall["win_rate_a"]) == (10, 10, 0.5)
 
 
 def test_bad_input_is_a_clear_error(belle_cli, tmp_path):

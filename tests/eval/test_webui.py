@@ -27,10 +27,6 @@ from belle.llm import LLMError, LLMOptions
 from belle.testing.openai_stub import Fault, serve_stub
 from tests.chat.conftest import start_cli
 
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking flags Chromium's own connections stall on a closed network.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 KEY = "sk-test-Zq8vK3mW9xR2"  # typed into the page's key field
 REASON = "回答正确，但略显简略。"
@@ -267,16 +263,6 @@ def web(tiny_model_dir, stub):
             yield SimpleNamespace(url=server.url, root=root, work=root / "work", log=server.log)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
