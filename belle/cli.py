@@ -3,7 +3,8 @@
 A verb is a plain typed function. Its signature is the command line: positional parameters become
 positional arguments, keyword-only parameters become `--flags` (required when they have no default),
 `bool` flags are switches, `Literal[...]` gives choices, `list[T]` takes one or more values, and a
-trailing underscore is dropped (`from_` is `--from`). Help text comes from the docstring's `Args:`.
+trailing underscore is dropped (`from_` is `--from`, a verb `eval_` is `eval`). Help text comes from
+the docstring's `Args:`.
 
 A keyword-only parameter typed as a dataclass (options shared by several verbs, such as the LLM
 endpoint) becomes one flag per field, named `--PARAM-FIELD` (`judge: LLMOptions` gives `--judge-model`),
@@ -34,6 +35,7 @@ JOBS = {
     "serve": "belle.chat.serve",
     "vocab": "belle.vocab.cli",
     "eval": "belle.eval.cli",
+    "gptq": "belle.gptq.cli",
 }
 
 
@@ -69,7 +71,7 @@ def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, p
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in verbs:
         doc = inspect.getdoc(verb) or ""
-        sub = subparsers.add_parser(verb.__name__.replace("_", "-"), help=doc.split("\n")[0], **_described(verb))
+        sub = subparsers.add_parser(verb.__name__.rstrip("_").replace("_", "-"), help=doc.split("\n")[0], **_described(verb))
         _add_parameters(sub, verb, _arg_docs(doc))
         sub.set_defaults(_verb=verb)
     args = vars(parser.parse_args(argv))
@@ -167,7 +169,8 @@ def _add_dataclass(parser: argparse.ArgumentParser, name: str, options: type) ->
     docs = _arg_docs(inspect.getdoc(options) or "")
     hints = typing.get_type_hints(options)
     prefix = "" if name in ("llm", "options") else name + "_"
-    group = parser.add_argument_group(name, (inspect.getdoc(options) or "").split("\n")[0])
+    summary = (inspect.getdoc(options) or "").split("\n")[0].rstrip(".")
+    group = parser.add_argument_group(summary if not prefix else f"{name}: {summary}")
     for field in dataclasses.fields(options):
         parameter = inspect.Parameter(
             prefix + field.name, inspect.Parameter.KEYWORD_ONLY,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -107,14 +108,17 @@ def load_model(
     adapter = adapter or found
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path),
-        dtype=resolve_dtype(dtype),
-        device_map=device,
-        attn_implementation=attn_implementation,
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-    )
+    with warnings.catch_warnings():  # transformers warns that _cpu_gptq_kernel's override overrides
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=resolve_dtype(dtype),
+            device_map=device,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            **_cpu_gptq_kernel(path, device),
+        )
     if tokenizer is not None:
         grow_embeddings(model, tokenizer)
     if adapter is not None:
@@ -122,6 +126,22 @@ def load_model(
 
         model = PeftModel.from_pretrained(model, str(adapter))
     return model
+
+
+def _cpu_gptq_kernel(path: Path, device: str) -> dict[str, Any]:
+    """`quantization_config` for a 4-bit GPTQ folder on the CPU whose groups GPTQModel's CPU
+    kernel cannot take (it takes 32 to 256 weights; -1, one group per row, is common): transformers'
+    plain torch GPTQ kernel instead. Empty for every other model and device."""
+    config_path = path / "config.json"
+    if device != "cpu" or not config_path.is_file():
+        return {}
+    quantization = json.loads(config_path.read_text(encoding="utf-8")).get("quantization_config") or {}
+    if quantization.get("quant_method") != "gptq" or quantization.get("bits") != 4 \
+            or quantization.get("group_size") in (32, 64, 128, 256):
+        return {}
+    from transformers import GPTQConfig
+
+    return {"quantization_config": GPTQConfig(bits=4, backend="torch")}
 
 
 def split_adapter(path: str | Path, base: str | Path | None = None) -> tuple[Path, Path | None]:
@@ -138,6 +158,16 @@ def grow_embeddings(model: Any, tokenizer: Any) -> None:
     """Give the model an embedding row for every token of the tokenizer (a pad token was added)."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
+
+
+def weights_bytes(model_dir: str | Path) -> int:
+    """Bytes of a model folder's weight files (`*.safetensors`, `*.bin`, `*.pt`), not counting
+    subfolders, the tokenizer, configs or `training_args.bin`."""
+    return sum(
+        path.stat().st_size
+        for path in Path(model_dir).iterdir()
+        if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt") and path.name != "training_args.bin"
+    )
 
 
 def tiny_corpus_text() -> str:
@@ -228,3 +258,73 @@ def build_tiny_model(
     model.save_pretrained(out, safe_serialization=True)
     write_checkpoint_info(out, template, built_by="belle model tiny", seed=seed)
     return out
+
+
+def tiny_split_at() -> int:
+    """Where the held-out tail of the bundled corpus begins: its last 10%, in characters."""
+    text = tiny_corpus_text()
+    return len(text) - len(text) // 10
+
+
+def tiny_heldout_text() -> str:
+    """The last 10% (by characters) of the bundled corpus, which `train_tiny_model` never sees."""
+    return tiny_corpus_text()[tiny_split_at() :]
+
+
+def train_tiny_model(
+    model_dir: str | Path,
+    *,
+    steps: int = 300,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> Path:
+    """Train the tiny model in place on the first 90% of the bundled corpus, so quantization error matters.
+
+    A plain causal-LM loop in float32 on the CPU: AdamW, linear warmup (10% of `steps`) and cosine
+    decay, each step `batch_size` random windows of `seq_len` tokens. The defaults read 300 x 8 x
+    128 = 307k tokens, about 24 passes over the 12.7k training tokens (15 s on 2 cores): the model
+    learns its training text by heart (perplexity about 3 in 128-token windows) but not the language
+    (about 5,000 on `tiny_heldout_text()`, the held-out tail). Positions past `seq_len` are never
+    trained, so evaluate it with windows of at most `seq_len` tokens. Saves safetensors over the
+    random weights, notes the run in `belle.json`, and returns `model_dir`.
+    """
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    text = tiny_corpus_text()[: tiny_split_at()]
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]  # (n_tokens,)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    for step in range(steps):
+        starts = torch.randint(0, len(ids) - seq_len, (batch_size,), generator=generator)
+        batch = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])  # (batch_size, seq_len)
+        loss = model(input_ids=batch, labels=batch).loss  # transformers shifts labels by one
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("train_tiny_model step %d/%d loss %.3f", step + 1, steps, loss.item())
+    model.eval()
+    model.save_pretrained(model_dir, safe_serialization=True)
+    info = read_checkpoint_info(model_dir)
+    info["trained_by"] = f"belle.modeling.train_tiny_model steps={steps} seq_len={seq_len} batch_size={batch_size}"
+    (model_dir / BELLE_JSON).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+    return model_dir

@@ -1,0 +1,1 @@
+"""`belle gptq`: GPTQ and round-to-nearest quantization through GPTQModel, and evaluating the result."""

@@ -1,0 +1,3 @@
+from belle.gptq.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""`belle gptq` as a user runs it: quantize, evaluate beside the reference, and use the quantized
+folder where models are loaded (here `belle eval generate`)."""
+
+import json
+
+from belle.modeling import tiny_heldout_text
+
+
+def test_quantize_eval_and_use_through_the_cli(belle_cli, trained_tiny_dir, tmp_path):
+    out = tmp_path / "rtn4"
+    quantized = belle_cli("gptq", "quantize", "--model", str(trained_tiny_dir), "--out", str(out), "--method", "rtn",
+                          "--bits", "4", "--group-size", "128", "--device", "cpu")
+    assert quantized.returncode == 0, quantized.stderr
+    assert json.loads((out / "quantize.json").read_text())["bits"] == 4
+
+    text = tmp_path / "heldout.txt"
+    text.write_text(tiny_heldout_text(), encoding="utf-8")
+    evaluated = belle_cli("gptq", "eval", "--model", str(out), "--reference", str(trained_tiny_dir), "--text", str(text),
+                          "--seqlen", "128", "--gen-tokens", "8", "--output", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert [row["perplexity"] > 1 for row in report["models"]] == [True, True]
+    assert "perplexity" in (tmp_path / "eval" / "eval.md").read_text()
+
+    answers = tmp_path / "answers.jsonl"
+    generated = belle_cli("eval", "generate", "--model", str(out), "--output", str(answers), "--limit", "3",
+                          "--max-new-tokens", "4", "--device", "cpu")
+    assert generated.returncode == 0, generated.stderr
+    assert len(answers.read_text(encoding="utf-8").splitlines()) == 3
+
+    bad = belle_cli("gptq", "quantize", "--model", str(trained_tiny_dir), "--out", str(tmp_path / "bad"), "--bits", "5",
+                    "--method", "rtn")
+    assert bad.returncode == 2 and "--bits 5: choose one of 2, 3, 4, 8" in bad.stderr
