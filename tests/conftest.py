@@ -78,9 +78,11 @@ def tiny_gptq_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium (Debian's), driven by playwright; one for the whole run."""
+    """Headless Chromium (Debian's), driven by playwright; one per test module, since sync
+    playwright keeps an event loop running in the main thread while it is open, and
+    `asyncio.run` in any later test would fail."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
