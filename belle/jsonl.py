@@ -8,25 +8,47 @@ other broken line is an error naming the file and line, since it means the file 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, TextIO
 
 from belle.conversation import DataError
 
+logger = logging.getLogger(__name__)
+
 
 def resume_records(path: Path) -> list[dict[str, Any]]:
-    """The records of an earlier, possibly killed, run of a job writing `path`; [] if none."""
+    """The records of an earlier, possibly killed, run of a job writing `path`; [] if none.
+    A torn last line is cut off the file."""
     if not path.exists():
         return []
+    return [record for _, record in numbered_records(path, cut_torn=True)]
+
+
+def numbered_records(path: Path, *, cut_torn: bool) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every complete line of `path`, blank lines skipped.
+
+    A torn last line (no newline after it) is left out; with `cut_torn` it is also cut off the
+    file (the job that owns it is resuming), else the file is left alone (a reader, while a writer
+    may still be appending). Any other bad line is a `DataError` naming `file:line`.
+    """
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     if len(complete) < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(complete))
+        if cut_torn:
+            with open(path, "r+b") as f:
+                f.truncate(len(complete))
+        else:
+            logger.warning("%s: skipping a torn last line (a writer killed mid-line, or still writing)", path)
+    try:
+        text = complete.decode("utf-8")
+    except UnicodeDecodeError as e:
+        number = complete.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{number}: not UTF-8 text") from None
     records = []
     # split at "\n" only: json.dumps(ensure_ascii=False) leaves U+2028 and U+0085 unescaped, and
     # str.splitlines() would cut a record there
-    for number, line in enumerate(complete.decode("utf-8").split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -35,7 +57,7 @@ def resume_records(path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{number}: malformed JSON: {e.msg}; is this an output of this job?") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: not a JSON object; is this an output of this job?")
-        records.append(record)
+        records.append((number, record))
     return records
 
 

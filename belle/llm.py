@@ -94,6 +94,15 @@ class LLMOptions:
         return found
 
 
+def cost_usd(prompt_tokens: int, completion_tokens: int, price_input: float | None,
+             price_output: float | None) -> float | None:
+    """USD for the tokens at prices in USD per million; None unless both prices are known (half a
+    price would read as a total)."""
+    if price_input is None or price_output is None:
+        return None
+    return (prompt_tokens * price_input + completion_tokens * price_output) / 1e6
+
+
 @dataclass(frozen=True)
 class Reply:
     text: str
@@ -418,6 +427,6 @@ class LLMClient:
         self.usage.prompt_tokens += reply.prompt_tokens
         self.usage.completion_tokens += reply.completion_tokens
         if self.usage.cost_usd is not None:
-            self.usage.cost_usd += (reply.prompt_tokens * self.options.price_input
-                                    + reply.completion_tokens * self.options.price_output) / 1e6
+            self.usage.cost_usd += cost_usd(reply.prompt_tokens, reply.completion_tokens,
+                                            self.options.price_input, self.options.price_output)
         return reply

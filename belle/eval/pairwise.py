@@ -50,7 +50,7 @@ from belle.eval.evalset import EvalItem
 from belle.eval.judging import question_for_judge
 from belle.eval.report import class_order
 from belle.eval.scoring import ask_judge
-from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply
+from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, cost_usd
 
 Verdict = Literal["A", "B", "tie"]
 Result = Literal["A", "B", "tie", "inconsistent", "failed"]
@@ -432,8 +432,7 @@ def pairwise_results(records: list[dict[str, Any]], *, names: tuple[str, str], f
     by_class, overall = tally(records)
     prompt_tokens = sum(r["prompt_tokens"] for r in records)
     completion_tokens = sum(r["completion_tokens"] for r in records)
-    priced = judge.price_input is not None and judge.price_output is not None
-    cost = (prompt_tokens * judge.price_input + completion_tokens * judge.price_output) / 1e6 if priced else None
+    cost = cost_usd(prompt_tokens, completion_tokens, judge.price_input, judge.price_output)
     first, decisive = position_counts(records)
     return {
         "model_a": names[0], "model_b": names[1],

@@ -20,9 +20,9 @@ How the figures are made:
 - Tokens and cost count the judge calls actually made (`cached` false), the convention of
   `belle.llm.Usage`: a reply served from the cache cost nothing this time.
 
-Reading never writes: a torn last line (no newline after it: the scorer was killed mid-write) is
-skipped, the same cut `belle.jsonl.resume_records` makes, but the file is left alone since a scorer
-may still be appending to it. Any other bad line is a `DataError` naming `file:line`.
+Reading for a report never writes: a torn last line (no newline after it: the scorer was killed
+mid-write) is skipped and the file left alone, since a scorer may still be appending to it
+(`belle.jsonl.numbered_records`). Any other bad line is a `DataError` naming `file:line`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from belle import jsonl
 from belle.conversation import DataError
 from belle.eval.evalset import CLASSES, OTHERS
+from belle.llm import cost_usd
 
 logger = logging.getLogger(__name__)
 
@@ -96,34 +98,18 @@ class RunReport:
 # Reading
 
 
-def read_judgments(path: Path) -> list[dict[str, Any]]:
+def read_judgments(path: Path, *, cut_torn: bool = False) -> list[dict[str, Any]]:
     """The validated judgment records of `path`, in file order; `DataError` "file:line: problem" on
     a bad line, a duplicate (id, sample), or an id judged under two classes. Missing token counts
-    read as 0 and a missing `cached` as false (a judge that reports no usage)."""
+    read as 0 and a missing `cached` as false (a judge that reports no usage). A torn last line is
+    skipped, and cut off the file with `cut_torn` (the scorer resuming; see `belle.jsonl`)."""
     if not path.is_file():
         raise DataError(f"{path}: no judgments file; run `belle eval score --output {path.parent}` first")
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        logger.warning("%s: skipping a torn last line (a scorer killed mid-write, or still writing)", path)
     records: list[dict[str, Any]] = []
     seen: dict[tuple[str, int], int] = {}
     class_of: dict[str, tuple[str, int]] = {}
-    try:
-        text = complete.decode("utf-8")
-    except UnicodeDecodeError as e:
-        number = complete.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{number}: not UTF-8 text") from None
-    # split on "\n" only: str.splitlines also breaks at U+2028, U+0085 and the like, which
-    # json.dumps(ensure_ascii=False) leaves unescaped inside a judge's reply
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    for number, record in jsonl.numbered_records(path, cut_torn=cut_torn):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON: {e.msg}") from None
         record = _validated(record, where)
         key = (record["id"], record["sample"])
         if key in seen:
@@ -136,10 +122,8 @@ def read_judgments(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _validated(record: Any, where: str) -> dict[str, Any]:
+def _validated(record: dict[str, Any], where: str) -> dict[str, Any]:
     """The record with defaults filled in; every problem of the line is named in one error."""
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: not a JSON object")
     problems = []
     for key in ("id", "class"):
         if not isinstance(record.get(key), str) or not record[key]:
@@ -284,10 +268,7 @@ def build_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, confide
     made = [r for r in judgments if not r["cached"]]
     prompt_tokens = sum(r["prompt_tokens"] for r in made)
     completion_tokens = sum(r["completion_tokens"] for r in made)
-    price_in, price_out = info.get("price_input"), info.get("price_output")
-    # half a price would read as a total, so no cost unless both are known
-    cost = (prompt_tokens * price_in + completion_tokens * price_out) / 1e6 \
-        if price_in is not None and price_out is not None else None
+    cost = cost_usd(prompt_tokens, completion_tokens, info.get("price_input"), info.get("price_output"))
     return RunReport(
         name=run_dir.resolve().name,
         classes=classes,

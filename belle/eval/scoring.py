@@ -150,8 +150,7 @@ def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 def _todo(answered: Sequence[Answered], path: Path, samples: int) -> list[tuple[Answered, int]]:
     """(answer, first sample still to ask) for every answer with samples missing in `path`."""
     try:
-        jsonl.resume_records(path)  # cuts the torn line a killed run may have left
-        records = read_judgments(path) if path.exists() else []
+        records = read_judgments(path, cut_torn=True) if path.exists() else []
     except DataError as e:
         raise UsageError(str(e)) from None
     have: dict[str, int] = {}
