@@ -56,6 +56,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return module.main(rest, prog=f"belle {job}")
 
 
+def job_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command line of every job, `"belle JOB"` or `"belle JOB VERB"` -> its parser.
+
+    A job module has `VERBS` (functions), `COMMAND` (one function) or `config_parser(prog)` (a job
+    configured by a YAML file and `key=value` overrides), or several of them. For the CLI reference
+    and the check that the commands in the docs parse.
+    """
+    parsers = {}
+    for job, module_name in sorted(JOBS.items()):
+        module = importlib.import_module(module_name)
+        if hasattr(module, "COMMAND"):
+            parsers[f"belle {job}"] = command_parser(module.COMMAND, f"belle {job}")
+        if hasattr(module, "config_parser"):
+            parsers[f"belle {job}"] = module.config_parser(f"belle {job}")
+        for verb in getattr(module, "VERBS", []):
+            parsers[f"belle {job} {verb_name(verb)}"] = command_parser(verb, f"belle {job} {verb_name(verb)}")
+    return parsers
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # torchao, imported by peft and transformers' quantizers, warns about torch internals on import.
@@ -67,23 +86,38 @@ def setup_logging() -> None:
 
 def run_verbs(verbs: Sequence[Callable[..., Any]], argv: Sequence[str] | None, prog: str) -> int:
     """Parse `argv` as `VERB [args]`, call the verb, and turn `UsageError` into a message and exit 2."""
-    parser = argparse.ArgumentParser(prog=prog)
-    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb in verbs:
-        doc = inspect.getdoc(verb) or ""
-        sub = subparsers.add_parser(verb.__name__.rstrip("_").replace("_", "-"), help=doc.split("\n")[0], **_described(verb))
-        _add_parameters(sub, verb, _arg_docs(doc))
-        sub.set_defaults(_verb=verb)
-    args = vars(parser.parse_args(argv))
+    args = vars(verbs_parser(verbs, prog).parse_args(argv))
     args.pop("verb")
     return _call(args.pop("_verb"), args, prog)
 
 
 def run_command(command: Callable[..., Any], argv: Sequence[str] | None, prog: str) -> int:
     """Like `run_verbs` for a job that is one command: `argv` holds its arguments alone."""
+    return _call(command, vars(command_parser(command, prog).parse_args(argv)), prog)
+
+
+def verbs_parser(verbs: Sequence[Callable[..., Any]], prog: str) -> argparse.ArgumentParser:
+    """The parser of a job made of verbs: one subparser per verb, which stores the verb as `_verb`."""
+    parser = argparse.ArgumentParser(prog=prog)
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in verbs:
+        doc = inspect.getdoc(verb) or ""
+        sub = subparsers.add_parser(verb_name(verb), help=doc.split("\n")[0], **_described(verb))
+        _add_parameters(sub, verb, _arg_docs(doc))
+        sub.set_defaults(_verb=verb)
+    return parser
+
+
+def command_parser(command: Callable[..., Any], prog: str) -> argparse.ArgumentParser:
+    """The parser of one command, built from its signature and docstring."""
     parser = argparse.ArgumentParser(prog=prog, **_described(command))
     _add_parameters(parser, command, _arg_docs(inspect.getdoc(command) or ""))
-    return _call(command, vars(parser.parse_args(argv)), prog)
+    return parser
+
+
+def verb_name(verb: Callable[..., Any]) -> str:
+    """A verb's name on the command line: `eval_` is `eval`, `to_text` is `to-text`."""
+    return verb.__name__.rstrip("_").replace("_", "-")
 
 
 def _described(command: Callable[..., Any]) -> dict[str, Any]:

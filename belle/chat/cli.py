@@ -39,6 +39,7 @@ def chat(
 
     Args:
         model: a model folder, LoRA adapter folder or GPTQ folder, as DIR or NAME=DIR; several give a model picker.
+            With --api-base: the names of the server's models to chat with; default: all of them.
         api_base: chat through an OpenAI-compatible server instead (e.g. http://127.0.0.1:8000/v1 of `belle serve`).
         api_key_env: the environment variable holding that server's API key.
         cli: chat in the terminal instead of the browser.
@@ -62,12 +63,15 @@ def chat(
         params = GenerationParams(temperature, top_p, top_k, repetition_penalty, max_new_tokens)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if bool(model) == bool(api_base):
-        raise UsageError("give either --model DIR (one or more) or --api-base URL")
+    if not model and not api_base:
+        raise UsageError("give --model DIR (one or more), or --api-base URL")
     if api_base:
         backend: LocalBackend | RemoteBackend = RemoteBackend(api_base, api_key_env)
-        if not backend.names:
-            raise UsageError(f"{api_base} serves no models")
+        unknown = [name for name in model or [] if name not in backend.names]
+        if not backend.names or unknown:
+            raise UsageError(f"{api_base} serves {', '.join(backend.names) or 'no models'}"
+                             + (f", not {', '.join(unknown)}" if unknown else ""))
+        backend.names = model or backend.names
     else:
         backend = LocalBackend(load_engines(model or [], base=base, template=template, dtype=dtype, device=device,
                                             context_length=context_length, trust_remote_code=trust_remote_code))
@@ -82,5 +86,8 @@ def chat(
     return 0
 
 
+COMMAND = chat
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.chat") -> int:
-    return run_command(chat, argv, prog)
+    return run_command(COMMAND, argv, prog)

@@ -68,8 +68,11 @@ def serve(
     return 0
 
 
+COMMAND = serve
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.chat.serve") -> int:
-    return run_command(serve, argv, prog)
+    return run_command(COMMAND, argv, prog)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ class _Job:
         self.categories = Counter(record.get("category") or "unknown" for record in kept_records)
         self.journal = journal
         self.usage = None
+        self.partial: int | None = None  # the request whose reply was cut short by --num
         self.progress = Progress(kept=len(kept_records))
         for entry in journal.values():
             self.progress.record(entry)
@@ -196,8 +197,9 @@ class _Job:
             self.categories[record["category"] or "unknown"] += 1
             kept_ids.append(record_id)
             self.progress.kept += 1
-            if self.progress.kept >= self.num:
-                return  # not journaled: a re-run with a larger --num goes on with this reply's other tasks
+            if self.progress.kept >= self.num and item < len(parsed.tasks) - 1:
+                self.partial = request  # not journaled: a re-run with a larger --num goes on with its other tasks
+                return
         entry = {
             "request": request, "kept": kept_ids, "discarded": dict(discarded), "cached": reply.cached,
             "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
@@ -227,7 +229,7 @@ class _Job:
 def _write_stats(job: _Job, stopped: str, options: LLMOptions, num: int) -> None:
     categories = job.categories
     stats = {
-        "output": str(job.output), "model": options.model, "num": num, "stopped": stopped,
+        "output": str(job.output), "model": options.model, "num": num, "stopped": stopped, "partial_request": job.partial,
         **job.progress.to_dict(),
         "categories": dict(categories.most_common()),
         "this_run": job.usage.to_dict() if job.usage else None,
@@ -237,6 +239,8 @@ def _write_stats(job: _Job, stopped: str, options: LLMOptions, num: int) -> None
         "",
         f"- kept: {job.progress.kept} tasks of {num} wanted ({stopped})",
         *job.progress.summary_lines("requests"),
+        *([f"- request {job.partial} was used in part to reach --num: its tokens and discards are counted when a "
+           "re-run with a larger --num uses the rest"] if job.partial is not None else []),
         "- categories: " + (", ".join(f"{name} {n}" for name, n in categories.most_common()) or "none kept"),
         f"- this run: {job.usage.summary() if job.usage else 'no requests sent'}",
     ])

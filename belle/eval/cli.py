@@ -100,7 +100,7 @@ def score(*, answers: Path, judge: LLMOptions, output: Path, prompts: Path | Non
         answers: answers JSON-lines file (from `belle eval generate`, or any BELLE eval record with an "answer").
         output: run folder for judgments.jsonl and run.json.
         prompts: judge prompts, one {"class", "prompt"} per line (BELLE's eval_prompt.json works); default: belle's own.
-        samples: ask the judge this many times per answer and average (BELLE's scaling paper used 3).
+        samples: ask the judge this many times per answer and average the scores.
         temperature: judge sampling temperature; default 0 for one sample, 0.7 for several.
         max_tokens: the longest judge reply, in tokens.
     """
@@ -118,7 +118,7 @@ def score(*, answers: Path, judge: LLMOptions, output: Path, prompts: Path | Non
                                max_tokens=max_tokens, prompts_sha1=file_sha1(prompts_path))
     except LLMFatalError as e:
         raise UsageError(f"{e}; the judgments so far are in {output}, a re-run resumes there") from None
-    print(f"judged {result.judged} answers now, {result.skipped} were judged before"
+    print(f"judged {result.judged} answers now, {result.skipped} had all {samples} sample(s) already"
           + (f"; {result.parse_failures} judge replies had no readable score" if result.parse_failures else ""))
     if result.usage:
         print(f"judge: {result.usage.summary()}")

@@ -237,8 +237,8 @@ def generation_speed(engine: Any, prompt_ids: list[int], gen_tokens: int) -> dic
 
     After a short warm-up, `prefill_s` is the time to the first token (a one-token generation:
     the prompt's forward pass) and `generate_s` that of all `gen_tokens`, each the median of
-    `SPEED_RUNS` runs; `decode_tokens_per_s` =
-    (gen_tokens - 1) / (generate_s - prefill_s), `tokens_per_s` = gen_tokens / generate_s.
+    `SPEED_RUNS` interleaved runs; `decode_tokens_per_s` = (gen_tokens - 1) / (generate_s -
+    prefill_s), None when noise makes that difference negative; `tokens_per_s` = gen_tokens / generate_s.
     """
     from belle.generation import GenerationParams
 
@@ -251,10 +251,16 @@ def generation_speed(engine: Any, prompt_ids: list[int], gen_tokens: int) -> dic
         _synchronize(engine.model)
         return time.perf_counter() - started, completion.completion_tokens
 
+    one_token = replace(params, max_new_tokens=1, min_new_tokens=1)
     short = min(gen_tokens, 4)
+    timed(one_token)
     timed(replace(params, max_new_tokens=short, min_new_tokens=short))
-    prefill_s = statistics.median(timed(replace(params, max_new_tokens=1, min_new_tokens=1))[0] for _ in range(SPEED_RUNS))
-    runs = [timed(params) for _ in range(SPEED_RUNS)]
+    # Interleaved, so that a change in the machine's load affects both timings alike.
+    prefills, runs = [], []
+    for _ in range(SPEED_RUNS):
+        prefills.append(timed(one_token)[0])
+        runs.append(timed(params))
+    prefill_s = statistics.median(prefills)
     generate_s, generated = statistics.median(run[0] for run in runs), runs[0][1]
     decode_s = generate_s - prefill_s
     return {

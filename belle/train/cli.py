@@ -38,10 +38,10 @@ def merge(*, base: Path, adapter: Path, out: Path, dtype: str = "float32") -> in
     return 0
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.train") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["merge"]:
-        return run_verbs([merge], argv, prog)
+VERBS = [merge]
+
+
+def config_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train a model: sft, pt or dpo; full, lora or qlora. Also: `merge` (see merge --help).",
@@ -50,7 +50,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.train")
     parser.add_argument("--config", type=Path, help="YAML config (see train/configs/)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. output_dir=runs/a lora.r=8")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.train") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["merge"]:
+        return run_verbs(VERBS, argv, prog)
+    args = config_parser(prog).parse_args(argv)
     setup_logging()
     from belle.train.run import train
 

@@ -24,6 +24,8 @@ LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 
 @dataclass
 class ModelConfig:
+    """The model to start from: `model.*`."""
+
     path: str = ""
     """Folder of the model to train (a Hugging Face folder with safetensors weights)."""
     template: str | None = None
@@ -31,6 +33,7 @@ class ModelConfig:
     attn_implementation: str | None = None
     """`sdpa`, `flash_attention_2` or `eager`; default: transformers' choice (sdpa)."""
     trust_remote_code: bool = False
+    """Run Python code shipped in the model folder (off unless you trust it)."""
 
     def problems(self) -> list[str]:
         problems = []
@@ -43,9 +46,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """What to train on and how it becomes token rows: `data.*`."""
+
     train_files: list[str] = field(default_factory=list)
     """Files or folders of training records (for `dpo`: `prompt`, `chosen`, `rejected`)."""
     validation_files: list[str] = field(default_factory=list)
+    """Files or folders of held-out records for eval loss."""
     validation_split: float = 0.0
     """Fraction of the training samples held out for eval loss when no validation files are given."""
     format: Format | None = None
@@ -76,10 +82,16 @@ class DataConfig:
 
 @dataclass
 class LoraConfig:
+    """LoRA adapters, used when `method` is lora or qlora: `lora.*`."""
+
     r: int = 16
+    """Rank of each adapter."""
     alpha: int = 32
+    """Scale: the adapter's update is multiplied by alpha / r."""
     dropout: float = 0.05
+    """Dropout on the adapter's input."""
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
+    """Linear layers that get adapters; default: every projection of a LLaMA block, as BELLE did."""
     modules_to_save: list[str] = field(default_factory=list)
     """Modules trained in full beside the adapters, e.g. [embed_tokens, lm_head] after extending the vocabulary."""
 
@@ -96,6 +108,8 @@ class LoraConfig:
 
 @dataclass
 class DpoConfig:
+    """Direct preference optimization, used when `stage` is dpo: `dpo.*`."""
+
     beta: float = 0.1
     """Strength of the KL penalty towards the reference model."""
     loss_type: str = "sigmoid"
@@ -107,24 +121,38 @@ class DpoConfig:
 
 @dataclass
 class TrainingConfig:
+    """The optimization: `training.*`, passed on to transformers' `TrainingArguments`."""
+
     epochs: float = 1.0
+    """Passes over the training data (fractions allowed)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs)."""
     batch_size: int = 1
     """Samples (packed rows) per device per micro-batch."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the global batch is batch_size x this x processes."""
     learning_rate: float = 2e-5
+    """Peak learning rate."""
     lr_scheduler: str = "cosine"
+    """transformers' scheduler name: cosine, linear, constant, ..."""
     warmup_ratio: float = 0.0
+    """Fraction of the steps spent warming the learning rate up from 0."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this norm."""
     optim: str = "adamw_torch"
+    """transformers' optimizer name: adamw_torch, adamw_torch_fused, adafactor, paged_adamw_8bit, ..."""
     precision: Precision = "auto"
     """auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for about one more forward pass of time."""
     seed: int = 42
+    """Seed for initialization, shuffling and dropout."""
     logging_steps: int = 10
+    """Log loss and learning rate every N optimizer steps."""
     save_steps: int = 500
+    """Save a checkpoint every N optimizer steps (and once at the end)."""
     save_total_limit: int | None = None
     """Keep only the newest N complete checkpoints."""
     eval_steps: int | None = None
@@ -132,6 +160,7 @@ class TrainingConfig:
     deepspeed: str | None = None
     """A DeepSpeed JSON config, e.g. train/configs/ds_zero3.json."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where transformers sends metrics besides metrics.json: tensorboard, wandb, none, ..."""
     ddp_timeout: int = 1800
     """Seconds a rank waits for the others (long tokenization or ZeRO-3 saves of big models need more)."""
 
@@ -161,6 +190,8 @@ class TrainingConfig:
 
 @dataclass
 class TrainConfig:
+    """A training run: the top-level keys."""
+
     output_dir: str = ""
     """Where the run writes: checkpoints, logs, the final model, summary.md and loss.png."""
     stage: Stage = "sft"

@@ -41,3 +41,18 @@ def test_end_of_input_quits(tiny_model_dir):
 def test_needs_a_model_or_a_server():
     result = run_cli("chat", "--cli")
     assert result.returncode == 2 and "--model" in result.stderr
+
+
+def test_through_a_server_the_model_is_picked_by_name(tiny_model_dir, start_cli):
+    with start_cli("serve", "--model", f"a={tiny_model_dir}", "--model", f"b={tiny_model_dir}", ready="/health") as api:
+        def session(*names: str) -> subprocess.CompletedProcess:
+            flags = [arg for name in names for arg in ("--model", name)]
+            return subprocess.run([sys.executable, "-m", "belle", "chat", "--cli", "--api-base", f"{api.url}/v1", *flags,
+                                   "--max-new-tokens", "4"], input="你好\n", capture_output=True, text=True, timeout=300,
+                                  cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"})
+
+        assert "chatting with a" in session().stdout
+        picked = session("b")
+        assert picked.returncode == 0 and "chatting with b" in picked.stdout and len(replies(picked.stdout)) == 1
+        unknown = session("c")
+        assert unknown.returncode == 2 and "serves a, b, not c" in unknown.stderr

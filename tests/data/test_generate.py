@@ -154,6 +154,22 @@ def test_a_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, seeds_file,
     assert stats_of(output)["kept"] == 20
 
 
+def test_a_reply_cut_short_by_num_is_reported_and_finished_by_a_larger_num(tmp_path, seeds_file, scripted):
+    responder = scripted.new_tasks_per_prompt(4)
+    output = tmp_path / "tasks.jsonl"
+    with serve_stub(responder) as stub:
+        first = run(command(stub.url, output, seeds_file, tmp_path / "cache.sqlite", "--num", "2"))
+        assert first.returncode == 0, first.stderr
+        assert stats_of(output)["partial_request"] == 0 and stats_of(output)["units"] == 0
+        summary = output.with_name(output.name + ".summary.md").read_text(encoding="utf-8")
+        assert "request 0 was used in part" in summary
+        second = run(command(stub.url, output, seeds_file, tmp_path / "cache.sqlite", "--num", "4"))
+        assert second.returncode == 0, second.stderr
+    assert [r["id"] for r in read_jsonl(output)] == ["si-0-0", "si-0-1", "si-0-2", "si-0-3"]
+    stats = stats_of(output)
+    assert stats["partial_request"] is None and stats["units"] == 1 and stats["kept"] == 4
+
+
 def test_the_cache_makes_a_rerun_call_nothing_and_keys_reach_no_file(tmp_path, seeds_file, scripted):
     responder = scripted.new_tasks_per_prompt(6)
 

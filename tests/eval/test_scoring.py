@@ -189,11 +189,11 @@ def test_kill_9_mid_run_then_resume_loses_and_doubles_nothing(tmp_path):
         assert finished.returncode == 0, finished.stderr
         # answers judged (or in flight and cached) before the kill are not asked again
         assert stub.calls - calls_before <= n - written
-        assert f"{written} were judged before" in finished.stdout
+        assert f"{written} had all 1 sample(s) already" in finished.stdout
     records = read_judgments(judgments)
     assert sorted(r["id"] for r in records) == sorted(f"i{k:02d}" for k in range(n))
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and f"judged 0 answers now, {n} were judged before" in again.stdout
+    assert again.returncode == 0 and f"judged 0 answers now, {n} had all 1 sample(s) already" in again.stdout
 
 
 def test_a_completion_judge_gets_one_text(tmp_path):

@@ -43,6 +43,11 @@ def test_dpo_logs_reward_metrics(train, tmp_path, method):
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
     assert (out / weights).is_file() and (out / "belle.json").is_file()
     assert (out / "model.safetensors").exists() == (method == "full")
+    if method == "lora":  # the adapter saved at the top is the trained one (LoRA's B matrices start at zero)
+        from safetensors.torch import load_file
+
+        trained = load_file(out / weights)
+        assert any(tensor.abs().sum() > 0 for name, tensor in trained.items() if "lora_B" in name)
 
 
 def test_dpo_prompt_already_in_belle_form_trains_like_the_plain_prompt(train, tmp_path):
