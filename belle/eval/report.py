@@ -9,9 +9,10 @@ A run folder holds `judgments.jsonl`, one line per (item, sample) written by the
 `{"model", "judge", "price_input", "price_output"}` with prices in USD per million tokens.
 
 How the figures are made:
-- An item's score is the mean of its parsed samples. An item none of whose samples parsed has no score: it is left out of every
-  mean and counted as unscored, never taken as 0, which would pull its class down for a parsing
-  problem rather than a bad answer. Failed samples of items that still have a score are counted too.
+- An item's score is the mean of its parsed samples. An item none of whose samples parsed has no
+  score: it is left out of every mean and counted as unscored, never taken as 0, which would pull
+  its class down for a parsing problem rather than a bad answer. Failed samples of items that
+  still have a score are counted too.
 - A class's mean is the plain mean of its item scores; its interval is a percentile bootstrap over
   items (resampling items, not samples, since items are what was drawn from the task space).
 - `Score` is the macro average of the class means, every class weighted alike however many items

@@ -140,7 +140,8 @@ def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
             raise UsageError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
         changed = [f"{key} {old.get(key)!r} -> {info[key]!r}" for key in PINNED if old.get(key) != info[key]]
         if changed:
-            hint = "; the default temperature is 0 for one sample and 0.7 for several" if old.get("temperature") != info["temperature"] else ""
+            hint = ("; the default temperature is 0 for one sample and 0.7 for several"
+                    if old.get("temperature") != info["temperature"] else "")
             raise UsageError(f"{run_dir} was scored with other settings ({'; '.join(changed)}{hint}); "
                              "score into a new --output, or use the same settings to resume")
         info = {**old, **{k: v for k, v in info.items() if v is not None}}
