@@ -43,11 +43,9 @@ RUNNABLE = {
     "guides/chat.md": ["lora/adapter_model.safetensors", "answers.jsonl"],
 }
 BLOCK = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.S | re.M)
+SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::(\w+))?"$', re.M)
 SHELLS = ("bash", "sh", "console")
 IMAGE_REPO = Path("/opt/belle")  # where docker/Dockerfile.* copy the repository
-
-
-SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::(\w+))?"$', re.M)
 
 
 def page_text(page: Path) -> str:
@@ -76,12 +74,16 @@ def belle_commands(script: str) -> list[list[str]]:
     `script`, as `[JOB, ARG, ...]`, with shell variables replaced by a number (it parses as a path too)."""
     script = re.sub(r"\\\n", " ", script)
     script = re.sub(r"\$\{[^}]*\}|\$\([^)]*\)|\$\w+", "8000", script)
-    modules = {module.removesuffix(".cli"): job for job, module in JOBS.items()} | {"belle.chat.serve": "serve"}
+    modules = {module.removesuffix(".cli"): job for job, module in JOBS.items()}
     commands = []
     for line in script.splitlines():
         lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
         lexer.whitespace_split, lexer.commenters = True, "#"
-        tokens = list(lexer)
+        try:
+            tokens = list(lexer)
+        except ValueError:  # not shell: a line of a here-document, such as Python with an apostrophe
+            assert "belle " not in line, f"cannot split {line!r}"
+            continue
         segment: list[str] = []
         for token in tokens + [";"]:
             if token.strip("|&;<>()"):
@@ -185,7 +187,8 @@ def test_the_command_extractor_finds_every_form():
     script = ('HF_HUB_OFFLINE=1 belle data stats "$RUNS/a.jsonl"  # a comment\n'
               "printf 'hi\\n' | belle chat --cli --model x\n"
               "torchrun --nproc_per_node 2 -m belle.train --config c.yaml \\\n    lora.r=8\n"
-              "python -m belle.chat.serve --model m & python -m belle.testing.openai_stub --port 1\n")
+              "python -m belle.chat.serve --model m & python -m belle.testing.openai_stub --port 1\n"
+              "print(\"it's python in a here-document\")\n")
     assert belle_commands(script) == [["data", "stats", "8000/a.jsonl"], ["chat", "--cli", "--model", "x"],
                                       ["train", "--config", "c.yaml", "lora.r=8"], ["serve", "--model", "m"]]
 
