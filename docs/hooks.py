@@ -34,7 +34,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             log.warning("%s links to %s, which is not in the repository", page.file.src_uri, target)
             return match[0]
         shown = path.relative_to(repo).as_posix() + ("/" if path.is_dir() else "")
-        return f"`{shown}`" if text.strip("`") == shown.rstrip("/") or text.strip("`") == shown else f"{text} (`{shown}`)"
+        return f"`{shown}`" if text.strip("`") in (shown, shown.rstrip("/")) else f"{text} (`{shown}`)"
 
     pieces = _CODE.split(markdown)
     return "".join(piece if i % 2 else _LINK.sub(rewrite, piece) for i, piece in enumerate(pieces))

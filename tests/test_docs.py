@@ -2,6 +2,7 @@
 (the walkthrough and one guide per job, on the tiny default), every `belle` command shown in any
 block parses, the reference pages match the code, and the data format examples read as their format."""
 
+import importlib.util
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -100,6 +101,14 @@ def belle_commands(script: str) -> list[list[str]]:
     return commands
 
 
+def load_module(path: Path) -> ModuleType:
+    """Import a script that is not in a package (the docs hook, the reference generator)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def parse_command(parsers: dict, words: list[str]) -> None:
     """Parse `belle JOB [VERB] ARGS` as the CLI would, without running it; `belle train` loads its config."""
     job, *rest = words
@@ -149,11 +158,7 @@ def test_a_broken_link_fails_the_build(tmp_path):
 
 
 def test_links_to_repository_files_become_their_paths():
-    sys.path.insert(0, str(DOCS))
-    try:
-        from hooks import on_page_markdown
-    finally:
-        sys.path.remove(str(DOCS))
+    on_page_markdown = load_module(DOCS / "hooks.py").on_page_markdown
     page = SimpleNamespace(file=SimpleNamespace(abs_src_path=str(DOCS / "guides" / "train.md"), src_uri="guides/train.md"))
     markdown = ("[train/README.md](../../train/README.md), [the configs](../../train/configs/), [eval](eval.md), "
                 "[site](https://example.com/x.md), `[code](../../x.md)`")
@@ -214,12 +219,7 @@ def test_a_wrong_flag_or_key_is_caught():
 # ---- generated and checked content --------------------------------------------------------------
 
 def test_the_reference_pages_match_the_code():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from docs_reference import pages
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    for path, text in pages().items():
+    for path, text in load_module(REPO / "scripts" / "docs_reference.py").pages().items():
         assert path.read_text(encoding="utf-8") == text, f"{path.name} is stale: run python scripts/docs_reference.py"
 
 
