@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import inspect
 import logging
+import os
 import re
 import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+from belle.conversation import DataError
 
 # job name -> module with `VERBS` (a list of functions) or `main(argv)`.
 JOBS = {
@@ -41,6 +45,11 @@ JOBS = {
 
 class UsageError(Exception):
     """Bad input from the user: printed as one clear message, exit code 2, no traceback."""
+
+
+# OS errors that mean a path the user named is missing, of the wrong kind or out of reach.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+_PATH_ERRNOS = (errno.EROFS, errno.ENAMETOOLONG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,10 +142,66 @@ def _call(command: Callable[..., Any], args: dict[str, Any], prog: str) -> int:
             args[name] = kind(**fields)
     try:
         result = command(**args)
-    except UsageError as e:
+    except (UsageError, DataError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        message = os_error_message(e, args)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0
+
+
+def os_error_message(error: OSError, args: dict[str, Any]) -> str | None:
+    """`PATH: what is wrong` when `error` is about a path the user named among `args` (values that are
+    paths, strings, lists or config dataclasses), else None: then it is a bug and keeps its traceback.
+    For jobs that do not run through `_call` (a config-file job catches OSError and asks this)."""
+    path = _user_path_of(error, args)
+    return None if path is None else _path_problem(error, path)
+
+
+def _user_path_of(error: OSError, args: dict[str, Any]) -> str | None:
+    """The path a user named that `error` is about: an argument, a path inside one, or the folder
+    holding one; for a file beside an argument named after it (an output's temporary file, its
+    `.stats.json`), the argument. None for any other error: that is a bug in belle and keeps its traceback."""
+    if not isinstance(error, _PATH_ERRORS) and error.errno not in _PATH_ERRNOS:
+        return None
+    named = {os.path.abspath(p) for p in _path_values(args.values())}
+    failed = [f for f in (error.filename, error.filename2) if isinstance(f, (str, Path))]
+    for filename in failed:
+        path = os.path.abspath(filename)
+        if any(path in (p, os.path.dirname(p)) or path.startswith(p.rstrip(os.sep) + os.sep) for p in named):
+            return str(filename)
+    for filename in failed:
+        folder, name = os.path.split(os.path.abspath(filename))
+        for p in named:
+            if os.path.dirname(p) == folder and os.path.basename(p) in name:
+                return p
+    return None
+
+
+def _path_problem(error: OSError, path: str) -> str:
+    """`PATH: what is wrong`, in words: a file where a folder is needed reads better than `File exists`."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        file = next((p for p in (path, *map(str, Path(path).parents)) if os.path.isfile(p)), None)
+        if file:
+            return f"{file}: a file where a folder is needed"
+    if isinstance(error, IsADirectoryError):
+        return f"{path}: a folder where a file is needed"
+    return f"{path}: {error.strerror or error}"
+
+
+def _path_values(values: Any) -> Iterator[str]:
+    """Every string or path among argument values, inside lists and option dataclasses too."""
+    for value in values:
+        if isinstance(value, (str, Path)) and str(value):
+            yield str(value)
+        elif isinstance(value, (list, tuple)):
+            yield from _path_values(value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            yield from _path_values(vars(value).values())
 
 
 def _arg_docs(doc: str) -> dict[str, str]:

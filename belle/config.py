@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from belle.data.outputs import write_text_atomic
+
 T = TypeVar("T")
 
 
@@ -37,6 +39,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"cannot read YAML: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"],
+                              source) from None
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError([f"cannot read YAML: {e}"], source) from e
         if loaded is not None and not isinstance(loaded, dict):
@@ -77,7 +82,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    write_text_atomic(Path(path), yaml.safe_dump(config_to_dict(config), allow_unicode=True, sort_keys=False))
 
 
 def config_keys(cls: type) -> list[str]:

@@ -18,6 +18,7 @@ policy counts and reports them; `strict` raises `DataError` at the first one.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import typing
@@ -252,55 +253,169 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], list[dict[str, str]]]] = {
 
 
 def list_data_files(source: str | Path) -> list[Path]:
-    """`source` itself if it is a file, else every .json/.jsonl file below it, sorted."""
+    """`source` itself if it is a file, else every .json/.jsonl file below it (suffix in any letter
+    case: `.JSONL` and `.Json` are read too), sorted."""
     path = Path(source)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
         if not files:
             raise DataError(f"{path}: no .json or .jsonl files in this folder")
         return files
     raise DataError(f"{path}: no such file or folder")
 
 
-def iter_json_records(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any]]:
+class EncodingProblem(DataError):
+    """A file that is not text belle can read; `rejection` is the same problem as a counted reject."""
+
+    def __init__(self, location: str, rejection: Rejection):
+        super().__init__(rejection.at(location))
+        self.rejection = rejection
+
+
+def not_utf8(byte: int, offset: int) -> Rejection:
+    """The problem of a file whose byte `offset` (from 0) holds `byte`, which is not UTF-8 text, with
+    the command that converts the file: a NUL byte is what UTF-16 without a byte-order mark (or a
+    binary file) shows first, any other byte most likely GBK."""
+    source = "UTF-16LE" if byte == 0 else "GBK"
+    hint = "if it is UTF-16 text without a byte-order mark, " if byte == 0 else ""
+    detail = f"byte 0x{byte:02x} at offset {offset}; {hint}convert it with iconv -f {source} -t UTF-8"
+    return Rejection("not UTF-8", detail)
+
+
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def file_encoding(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """The codec that reads `path`: "utf-8-sig" (UTF-8, with or without a byte-order mark) or
+    "utf-16" (with a byte-order mark, little or big endian); else raise `EncodingProblem` naming
+    the first bad byte and its offset.
+
+    The whole file is decoded once, in C at hundreds of MB/s, before any record is read: a few
+    percent of the time JSON parsing takes, and it makes a file either read whole or not at all,
+    never cut where a stray byte happens to sit. A NUL byte counts as bad in UTF-8: JSON text never
+    holds one, and UTF-16 without a byte-order mark is full of them.
+    """
+    with open(path, "rb") as f:
+        head = f.read(len(codecs.BOM_UTF8))
+        encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8-sig")
+        f.seek(0)
+        decoder = codecs.getincrementaldecoder(encoding)()
+        offset = 0
+        while True:
+            chunk = f.read(chunk_bytes)
+            bad = chunk.find(b"\0") if encoding == "utf-8-sig" else -1
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                start = offset + len(chunk) - len(e.object) + e.start
+                if bad < 0 or offset + bad > start:
+                    raise _encoding_problem(path, encoding, e.object[e.start], start) from None
+            if bad >= 0:
+                raise _encoding_problem(path, encoding, 0, offset + bad)
+            if not chunk:
+                return encoding
+            offset += len(chunk)
+
+
+def _encoding_problem(path: Path, encoding: str, byte: int, offset: int) -> EncodingProblem:
+    if encoding == "utf-16":
+        detail = f"byte 0x{byte:02x} at offset {offset} does not decode"
+        return EncodingProblem(str(path), Rejection("not UTF-16", detail))
+    return EncodingProblem(str(path), not_utf8(byte, offset))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in a parsed JSON value holds a lone surrogate (`"\\ud800"`): JSON
+    joins escaped pairs into one character, so any surrogate left is alone, and no UTF-8 writer or
+    tokenizer can encode it."""
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _checked(record: Any, text: str, start: int = 0, end: int | None = None) -> Any:
+    """`record`, or a `Rejection` if its JSON text (`text[start:end]`) escapes a lone surrogate."""
+    if _SURROGATE_ESCAPE.search(text, start, len(text) if end is None else end) and _has_lone_surrogate(record):
+        return Rejection("invalid text", "lone surrogate")
+    return record
+
+
+def iter_json_records(path: Path, chunk_chars: int = 1 << 20, encoding: str | None = None) -> Iterator[tuple[int, Any]]:
     """Yield `(line, record)` from a JSON-lines file, a JSON array, or pretty-printed objects one
     after another (a file whose first line is a lone `{`), streaming each.
 
-    A line that is not valid JSON yields `(line, Rejection)` and reading goes on. In an array or a
-    stream of pretty-printed objects a malformed value ends the file, since no next value can be
-    found reliably.
+    The file is UTF-8 (a byte-order mark is allowed) or UTF-16 with a byte-order mark; `encoding`
+    is `file_encoding(path)`, found here when not given, which raises `EncodingProblem` (a
+    `DataError`) for anything else. A line that is not valid JSON yields `(line, Rejection)` and
+    reading goes on; so does a malformed element of an array when the next element can be found
+    for certain (see `_resync`); when it cannot, the whole file is a `DataError`. A record with a
+    lone surrogate escape (`"\\ud800"`) yields an "invalid text" `Rejection`.
     """
-    with open(path, encoding="utf-8") as f:
-        first = next(filter(None, (line.lstrip("\ufeff").strip() for line in f)), "")
-        f.seek(0)
-        if first.startswith("[") or first == "{":
-            yield from _iter_json_values(f, chunk_chars, in_array=first.startswith("["))
-            return
-        for number, line in enumerate(f, start=1):
-            line = line.strip().lstrip("\ufeff")
-            if not line:
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield number, Rejection("malformed JSON", e.msg)
+    encoding = encoding or file_encoding(path)
+    try:
+        with open(path, encoding=encoding) as f:
+            first = next(filter(None, (line.lstrip("\ufeff").strip() for line in f)), "")
+            f.seek(0)
+            if first.startswith("[") or first == "{":
+                yield from _iter_json_values(f, chunk_chars, in_array=first.startswith("["), name=str(path))
+                return
+            for number, line in enumerate(f, start=1):
+                line = line.strip().lstrip("\ufeff")
+                if not line:
+                    continue
+                try:
+                    yield number, _checked(json.loads(line), line)
+                except json.JSONDecodeError as e:
+                    yield number, Rejection("malformed JSON", e.msg)
+    except UnicodeDecodeError as e:  # the file changed since `file_encoding` read it
+        problem = f"not {encoding} text any more ({e.reason}); was it changed while being read?"
+        raise DataError(f"{path}: {problem}") from None
 
 
-def _iter_json_values(f: Any, chunk_chars: int, in_array: bool, max_record_chars: int = 64 << 20) -> Iterator[tuple[int, Any]]:
+_BLANK = re.compile("[ \t\r\n\ufeff]*")
+_BLANK_OR_COMMA = re.compile("[ \t\r\n\ufeff,]*")
+
+
+def _iter_json_values(
+    f: Any, chunk_chars: int, in_array: bool, name: str, max_record_chars: int = 64 << 20
+) -> Iterator[tuple[int, Any]]:
     """JSON values separated by whitespace or commas, inside one `[...]` when `in_array`."""
     decoder = json.JSONDecoder()
-    buffer, pos, line, counted = "", 0, 1, 0
+    # `line` is the line number at `buffer[counted]`; the buffer starts with the line end before
+    # the file (so line 0), and is cut at a line end, so the blanks before `pos` are always in it
+    buffer, pos, line, counted = "\n", 1, 0, 0
+    last_good: int | None = None  # where the last value read started, until its indent is known
+    element_indent: str | None = None  # the blanks before the last value read, if it started its line
+
+    def note_indent() -> None:
+        nonlocal last_good, element_indent
+        if last_good is not None:
+            element_indent, last_good = _indent_before(buffer, last_good), None
 
     def refill() -> bool:
-        """Drop what was consumed, read one more chunk; False at end of file."""
+        """Drop what was consumed, up to the line end before `pos`; read one more chunk; False at
+        end of file."""
         nonlocal buffer, pos, line, counted
         more = f.read(chunk_chars)
         if not more:
             return False  # keep the buffer as it is, so offsets into it stay valid
-        line += buffer.count("\n", counted, pos)
-        buffer, pos, counted = buffer[pos:] + more, 0, 0
+        note_indent()
+        keep = buffer.rfind("\n", max(0, pos - 4096), pos)
+        keep = pos if keep < 0 else keep
+        if counted < keep:
+            line += buffer.count("\n", counted, keep)
+            counted = keep
+        buffer, pos, counted = buffer[keep:] + more, pos - keep, counted - keep
         return True
 
     def line_at(offset: int) -> int:
@@ -309,13 +424,36 @@ def _iter_json_values(f: Any, chunk_chars: int, in_array: bool, max_record_chars
         counted = offset
         return line
 
+    def skip_malformed(message: str, error_pos: int) -> Iterator[tuple[int, Rejection]]:
+        """Reject the malformed value at `pos` and move `pos` to where reading goes on, or raise
+        `DataError` when that cannot be told; the problem is at `error_pos`."""
+        nonlocal pos
+        where = line_at(pos)
+        bad_line = where + buffer.count("\n", pos, error_pos)
+        problem = message + (f" on line {bad_line}" if bad_line != where else "")
+        note_indent()
+        layout = element_indent if element_indent is not None else _indent_before(buffer, pos)
+        while (resume := _resync(buffer, pos, in_array, layout, eof=False)) is _MORE:
+            if len(buffer) - pos >= max_record_chars:
+                resume = None
+            elif not refill():
+                resume = _resync(buffer, pos, in_array, layout, eof=True)
+            else:
+                continue
+            break
+        if resume is None:
+            problem += "; cannot find where the next element starts, so this file is not read"
+            raise DataError(Rejection("malformed JSON", problem).at(f"{name}:{where}"))
+        yield where, Rejection("malformed JSON", f"{problem} (skipped to the next element)")
+        pos = resume
+
     refill()
-    pos = _skip(buffer, 0, "\ufeff \t\r\n")
+    pos = _skip(buffer, pos, _BLANK)
     while pos >= len(buffer) and refill():  # leading blank lines longer than a chunk
-        pos = _skip(buffer, pos, "\ufeff \t\r\n")
+        pos = _skip(buffer, pos, _BLANK)
     pos += in_array  # past the '['
     while True:
-        pos = _skip(buffer, pos, "\ufeff \t\r\n,")
+        pos = _skip(buffer, pos, _BLANK_OR_COMMA)
         if pos >= len(buffer):
             if refill():
                 continue
@@ -323,26 +461,174 @@ def _iter_json_values(f: Any, chunk_chars: int, in_array: bool, max_record_chars
                 yield line_at(pos), Rejection("malformed JSON", "the array is not closed with ']'")
             return
         if in_array and buffer[pos] == "]":
+            pos = _skip(buffer, pos + 1, _BLANK)
+            while pos >= len(buffer) and refill():
+                pos = _skip(buffer, pos, _BLANK)
+            if pos < len(buffer):
+                problem = "text after the array's closing ']', so this file is not read; is it two arrays, or a stray ']'?"
+                raise DataError(Rejection("malformed JSON", problem).at(f"{name}:{line_at(pos)}"))
             return
         try:
             record, end = decoder.raw_decode(buffer, pos)
+            after = _skip(buffer, end, _BLANK)
             # a number cut by the chunk's end ("3." of "3.14", "1e" of "1e5") goes on in the next chunk
-            complete = end < len(buffer) and not (isinstance(record, (int, float)) and buffer[end] in ".eE")
+            complete = after < len(buffer) and not (isinstance(record, (int, float)) and buffer[end] in ".eE")
+            if complete and in_array and buffer[after] not in ",]":  # `"a" "b"` is not two elements
+                raise json.JSONDecodeError("Expecting ',' delimiter", buffer, after)
         except json.JSONDecodeError as e:
-            if len(buffer) - pos < max_record_chars and refill():
+            if _maybe_cut(buffer, e) and len(buffer) - pos < max_record_chars and refill():
                 continue
-            yield line_at(e.pos), Rejection("malformed JSON", f"{e.msg} (rest of the file skipped)")
-            return
+            yield from skip_malformed(e.msg, e.pos)
+            continue
         if not complete and refill():
             continue
-        yield line_at(pos), record
-        pos = end
+        if not complete and in_array and isinstance(record, list):
+            # the array is not closed: this list may be a stray '[' that took every element after it
+            yield from skip_malformed("a list as the last value of an array that is not closed", pos)
+            continue
+        yield line_at(pos), _checked(record, buffer, pos, end)
+        last_good, pos = pos, end
 
 
-def _skip(text: str, pos: int, chars: str) -> int:
-    while pos < len(text) and text[pos] in chars:
-        pos += 1
-    return pos
+def _maybe_cut(text: str, error: json.JSONDecodeError) -> bool:
+    """Whether a decoding error may only mean the value goes on past the end of `text`: the error
+    is in its last few characters (a cut literal, number or escape), or a string is not closed
+    (no line end follows, since a JSON string cannot hold one)."""
+    return len(text) - error.pos <= 8 or error.msg.startswith("Unterminated string")
+
+
+_MORE = object()  # `_resync` needs more text
+_DECODER = json.JSONDecoder()
+_OUTSIDE_STRING = re.compile(r'["{}\[\],\n]')
+_INSIDE_STRING = re.compile(r'["\\\n]')
+_ELEMENT_LINE = re.compile(r"\n([ \t]*)([{\[\]])")
+_LINE_START = re.compile(r"([ \t]*)[{\[]")
+_ELEMENT_START = re.compile(r"[,\[]\s*\{")
+
+
+def _resync(text: str, start: int, in_array: bool, indent: str | None, eof: bool) -> Any:
+    """Where reading goes on after the malformed value at `start`: the offset of the next value, of
+    the array's closing `]`, or of the end of `text`; None when it cannot be told for certain;
+    `_MORE` when `text` ends first and `eof` is False.
+
+    Two ways, the first that is certain wins:
+    1. In an array, the brackets and strings of the malformed element pair up, so the `,` after it
+       is found; certain when what follows is a non-empty object (followed by `,` or `]`) or the
+       `]`, possibly after more malformed elements that pair up the same way.
+    2. The values start lines, after `indent` blanks (those of the last good value, else of the
+       malformed one): the next line that starts with `{`, `[` or `]` after no more blanks, as in
+       JSON written one element per line or by `json.dump(indent=...)`, where nested values are
+       indented deeper.
+    """
+    if in_array:
+        end = _after_elements(text, start, indent, eof)
+        if end is not None:
+            return end
+    if indent is None:
+        return None
+    for match in _ELEMENT_LINE.finditer(text, start):
+        spaces, opener = match.groups()
+        if len(spaces) <= len(indent) and (in_array or opener != "]"):
+            return match.start(2)
+    return len(text) if eof else _MORE
+
+
+def _after_elements(text: str, start: int, indent: str | None, eof: bool) -> Any:
+    """Way 1 of `_resync`: the offset after the `,` that ends the malformed element at `start`, or
+    of the `]` that ends the array; None or `_MORE` as there."""
+    first_end, pos = None, start
+    while True:
+        end = _element_end(text, pos, indent)
+        if end is None or end is _MORE:
+            return None if eof else end
+        if text[end] == "]":
+            return first_end if first_end is not None else end
+        first_end = first_end if first_end is not None else end + 1
+        pos = _skip(text, end + 1, _BLANK_OR_COMMA)
+        if pos >= len(text):
+            return None if eof else _MORE
+        if text[pos] == "]":
+            return first_end
+        verdict = _is_record_element(text, pos, eof)
+        if verdict is True:
+            return first_end
+        if verdict is _MORE:
+            return verdict
+
+
+def _element_end(text: str, start: int, indent: str | None) -> Any:
+    """The offset of the `,` or `]` that ends the array element at `start`: the first outside the
+    strings and brackets the element opens. None when that cannot be told: a bracket closed by the
+    other kind, a string still open at a line end (JSON strings cannot hold one), or a line that
+    starts like an element (`{` or `[` after at most `indent` blanks) while a bracket is open, or a
+    "string" holding what reads as the start of a good element (`, {"id": 1},`): a quote in the
+    malformed element was unpaired, and the scan took the text between strings for strings.
+    `_MORE` when `text` ends first."""
+    closers: list[str] = []
+    pos = start
+    while True:
+        match = _OUTSIDE_STRING.search(text, pos)
+        if match is None:
+            return _MORE
+        char, pos = match.group(), match.end()
+        if char == '"':
+            while True:
+                inside = _INSIDE_STRING.search(text, pos)
+                if inside is None or inside.group() == "\\" and inside.end() >= len(text):
+                    return _MORE
+                if inside.group() == "\n":
+                    return None
+                pos = inside.end() + (inside.group() == "\\")
+                if inside.group() == '"':
+                    break
+            for candidate in _ELEMENT_START.finditer(text, match.start(), pos):
+                # a real string cannot hold `, {"...` unescaped: this one is the gap between strings
+                verdict = _is_record_element(text, candidate.end() - 1, eof=False)
+                if verdict is not False:
+                    return None if verdict is True else verdict
+        elif char in "{[":
+            closers.append("}" if char == "{" else "]")
+        elif char == "\n":
+            opener = _LINE_START.match(text, pos)
+            if closers and indent is not None and opener and len(opener.group(1)) <= len(indent):
+                return None
+        elif closers:
+            if char == ",":
+                continue
+            if closers.pop() != char:
+                return None
+        elif char in ",]":
+            return match.start()
+        else:
+            return None
+
+
+def _is_record_element(text: str, start: int, eof: bool) -> Any:
+    """Whether a non-empty JSON object starts at `start`, followed by `,` or `]` (or the end of the
+    file); `_MORE` when `text` ends before that is known."""
+    if text[start] != "{":
+        return False
+    try:
+        value, end = _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as e:
+        return _MORE if not eof and _maybe_cut(text, e) else False
+    after = _skip(text, end, _BLANK)
+    if after >= len(text):
+        return bool(value) if eof else _MORE
+    return bool(value) and text[after] in ",]"
+
+
+def _indent_before(text: str, pos: int) -> str | None:
+    """The blanks before `pos` on its line, or None if something else precedes it there."""
+    start = text.rfind("\n", 0, pos) + 1
+    blanks = text[start:pos]
+    return blanks if start > 0 and not blanks.strip(" \t") else None
+
+
+def _skip(text: str, pos: int, chars: re.Pattern[str]) -> int:
+    """The offset of the first character at or after `pos` that `chars` (`_BLANK`,
+    `_BLANK_OR_COMMA`) does not match."""
+    return chars.match(text, pos).end()
 
 
 def is_saved_dataset(source: Any) -> bool:
@@ -354,15 +640,26 @@ def iter_source_records(source: Any) -> Iterator[tuple[str, str, Any]]:
     """Yield `(location, default_id, record)` from a path (file, folder or saved dataset) or a
     `datasets` dataset.
 
-    `location` is `file:line` (or `name:row`); `default_id` is used when a record has no `id`.
+    `location` is `file:line` (or `name:row`); `default_id` is used when a record has no `id`. A
+    file named itself that is not UTF-8 (or UTF-16 with a byte-order mark) raises
+    `EncodingProblem`; such a file inside a folder is one `Rejection` with the file as location,
+    so it is skipped and counted like a bad record (and stops a strict run).
     """
     if is_saved_dataset(source):
         from datasets import load_from_disk
 
         source = load_from_disk(str(source))
     if isinstance(source, (str, Path)):
+        in_folder = Path(source).is_dir()
         for path in list_data_files(source):
-            for line, record in iter_json_records(path):
+            try:
+                encoding = file_encoding(path)
+            except EncodingProblem as e:
+                if not in_folder:
+                    raise
+                yield str(path), path.stem, e.rejection
+                continue
+            for line, record in iter_json_records(path, encoding=encoding):
                 yield f"{path}:{line}", f"{path.stem}-{line}", record
         return
     name = getattr(getattr(source, "info", None), "dataset_name", None) or "dataset"

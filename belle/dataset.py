@@ -94,7 +94,7 @@ def load_conversations(sources: Any, format: Format | None = None, policy: Polic
             source = load_from_disk(str(source))
         if isinstance(source, (str, Path)):
             files = list_data_files(source)
-            resolved += [str(f) for f in files]
+            resolved.append(str(source))  # a folder stays one source: the reader skips a bad file in it
             stamps += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         else:
             resolved.append(source)
@@ -105,19 +105,25 @@ def load_conversations(sources: Any, format: Format | None = None, policy: Polic
         "reject": Value("string"),
         "location": Value("string"),
     })
+    gen_kwargs = {"sources": resolved, "format": format, "policy": policy, "stamps": tuple(stamps)}
     try:
-        return Dataset.from_generator(
-            _conversation_rows,
-            features=features,
-            gen_kwargs={"sources": resolved, "format": format, "policy": policy, "stamps": stamps},
-        )
+        return Dataset.from_generator(_conversation_rows, features=features, gen_kwargs=gen_kwargs)
     except Exception as e:  # datasets wraps errors raised in the generator
         cause: BaseException | None = e
         while cause is not None and not isinstance(cause, DataError):
             cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        raise cause from None
+        if cause is not None:
+            raise cause from None
+        if next(_conversation_rows(**gen_kwargs), None) is None:  # datasets cannot build a table of no rows
+            return _empty(features)
+        raise
+
+
+def _empty(features: Any) -> Any:
+    """A dataset of no rows with these columns."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({name: [] for name in features}, features=features)
 
 
 def rejected_lines(conversations: Any) -> list[str]:
@@ -155,6 +161,7 @@ def tokenize_dataset(
     stats = TokenizeStats(records=len(conversations), max_length=max_length)
     stats.rejected = _value_counts(conversations, "reject")
     kept = conversations.filter(lambda r: [x == "" for x in r], input_columns="reject", batched=True)
+    # `map` returns a dataset of no rows unchanged, without the new columns.
     encoded = kept.map(
         encoder,
         batched=True,
@@ -164,7 +171,7 @@ def tokenize_dataset(
         features=_features(packed=False),
         fn_kwargs=encoder_kwargs,
         desc="encoding",
-    )
+    ) if len(kept) else _empty(_features(packed=False))
     stats.dropped = _value_counts(encoded, "drop")
     samples = encoded.filter(lambda d: [x == "" for x in d], input_columns="drop", batched=True).remove_columns("drop")
     stats.samples = len(samples)
@@ -178,7 +185,7 @@ def tokenize_dataset(
             features=_features(packed=True),
             fn_kwargs={"max_length": max_length},
             desc="packing",
-        )
+        ) if len(samples) else _empty(_features(packed=True))
         stats.rows = len(samples)
     stats.tokens, stats.trained_tokens = _token_counts(samples)
     if pack:

@@ -7,12 +7,13 @@ other broken line is an error naming the file and line, since it means the file 
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 from pathlib import Path
 from typing import Any, TextIO
 
-from belle.conversation import DataError
+from belle.conversation import DataError, not_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +31,34 @@ def numbered_records(path: Path, *, cut_torn: bool) -> list[tuple[int, dict[str,
 
     A torn last line (no newline after it) is left out; with `cut_torn` it is also cut off the
     file (the job that owns it is resuming), else the file is left alone (a reader, while a writer
-    may still be appending). Any other bad line is a `DataError` naming `file:line`.
+    may still be appending). A UTF-8 byte-order mark is skipped. Any other bad line is a
+    `DataError` naming `file:line` (and the byte offset of a byte that is not UTF-8).
     """
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
+    tail = data[len(complete):]
+    if tail.strip() and _is_whole_record(tail):
+        # a file written by hand without a final newline: its last line is a record, not torn
+        if cut_torn:
+            with open(path, "ab") as f:
+                f.write(b"\n")
+        complete = data + b"\n"
+    elif tail:
+        if not tail.lstrip(codecs.BOM_UTF8 + b" \t\r").startswith(b"{"):
+            line = complete.count(b"\n") + 1
+            raise DataError(f"{path}:{line}: not a JSON object; is this an output of this job?")
         if cut_torn:
             with open(path, "r+b") as f:
                 f.truncate(len(complete))
         else:
             logger.warning("%s: skipping a torn last line (a writer killed mid-line, or still writing)", path)
+    start = len(codecs.BOM_UTF8) if complete.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = complete.decode("utf-8")
+        text = complete[start:].decode("utf-8")
     except UnicodeDecodeError as e:
-        number = complete.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{number}: not UTF-8 text") from None
+        offset = start + e.start
+        number = complete.count(b"\n", 0, offset) + 1
+        raise DataError(not_utf8(complete[offset], offset).at(f"{path}:{number}")) from None
     records = []
     # split at "\n" only: json.dumps(ensure_ascii=False) leaves U+2028 and U+0085 unescaped, and
     # str.splitlines() would cut a record there
@@ -59,6 +73,13 @@ def numbered_records(path: Path, *, cut_torn: bool) -> list[tuple[int, dict[str,
             raise DataError(f"{path}:{number}: not a JSON object; is this an output of this job?")
         records.append((number, record))
     return records
+
+
+def _is_whole_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line.decode("utf-8-sig")), dict)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
 
 
 def open_append(path: Path) -> TextIO:

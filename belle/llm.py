@@ -5,13 +5,17 @@ Design. Every request first looks in a SQLite cache keyed by a hash of the whole
 endpoint, model, prompt, sampling parameters and a `variant` number, never the key), so a re-run
 makes no call for what it already has. A miss goes to the endpoint through `openai.AsyncOpenAI`
 with its own retries off: this module retries 429, 5xx, timeouts, connection errors and malformed
-replies itself, with exponential backoff and full jitter (or the server's `Retry-After`), so that
-it can count every fault. A semaphore bounds the HTTP attempts in flight (it is released while an
-attempt backs off) and an optional pacer spaces attempt starts to a requests-per-minute limit. A
-valid reply is written to the cache at once (autocommit, WAL), so a killed run loses at most the
-replies in flight. `Usage` keeps the totals: requests, cache hits, calls, retries, faults by
-kind, tokens and the cost estimate. The API key is only handed to the HTTP client: it is never
-logged, raised, cached or counted.
+replies itself, with exponential backoff and full jitter (or the server's `Retry-After`, when it is
+a finite number of seconds ahead), so that it can count every fault. `timeout` bounds a whole
+attempt, from connecting to the last byte, so a server that drips its reply cannot hold a request
+open; a reply over `max_reply_bytes` is refused as it arrives. A semaphore bounds the HTTP
+attempts in flight (it is released while an attempt backs off) and an optional pacer spaces attempt
+starts to a requests-per-minute limit. A valid reply is written to the cache at once (autocommit,
+WAL), so a killed run loses at most the replies in flight. `Usage` keeps the totals: requests,
+cache hits, calls, retries, faults by kind, tokens and the cost estimate. The API key is only
+handed to the HTTP client: it is never logged, raised, cached or counted; nor is a password or
+secret query value of the base URL (`redact_url`: errors, logs, including httpx's request lines,
+and the cache's `request` column).
 """
 
 from __future__ import annotations
@@ -23,17 +27,21 @@ import importlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
+import re
 import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import openai
+
+from belle.conversation import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 BACKOFF_BASE = 0.5  # seconds: the first retry waits up to this, the k-th up to base * 2**k
 BACKOFF_CAP = 30.0  # seconds: no backoff is longer
 RETRY_AFTER_CAP = 60.0  # seconds: the longest `Retry-After` obeyed; a longer one waits this long
+# openai's own `with_streaming_response` sets this request header to get a response whose body is not read yet
+_STREAM_BODY_HEADER = "X-Stainless-Raw-Response"
 
 
 @dataclass
@@ -55,10 +65,11 @@ class LLMOptions:
         concurrency: requests in flight at once.
         rpm: at most this many requests started per minute (none: no limit).
         max_retries: retries of one request on 429, 5xx, timeouts, connection errors, malformed replies.
-        timeout: seconds to wait for one reply.
+        timeout: seconds for one attempt, from connecting to the last byte of the reply.
         cache: SQLite file of earlier replies; `off` to disable; default $XDG_CACHE_HOME/belle/llm.sqlite (~/.cache/...).
         price_input: USD per million prompt tokens, for the cost estimate.
         price_output: USD per million completion tokens.
+        max_reply_bytes: the largest reply body accepted; a larger one is a fault (retried, never cached).
     """
 
     model: str
@@ -72,6 +83,7 @@ class LLMOptions:
     cache: str = "default"
     price_input: float | None = None
     price_output: float | None = None
+    max_reply_bytes: int = 8_000_000
 
     def problems(self) -> list[str]:
         """Every invalid setting, each with how to fix it; empty when the options are usable."""
@@ -86,8 +98,10 @@ class LLMOptions:
             found.append(f"rpm: {self.rpm} must be above 0 (leave it unset for no limit)")
         if self.max_retries < 0:
             found.append(f"max_retries: {self.max_retries} must be 0 or more")
-        if self.timeout <= 0:
+        if not self.timeout > 0:  # NaN too
             found.append(f"timeout: {self.timeout} must be above 0 seconds")
+        if self.max_reply_bytes < 1:
+            found.append(f"max_reply_bytes: {self.max_reply_bytes} must be at least 1")
         for name in ("price_input", "price_output"):
             if (getattr(self, name) or 0) < 0:
                 found.append(f"{name}: {getattr(self, name)} must be 0 or more (USD per million tokens)")
@@ -115,8 +129,9 @@ class Reply:
 class LLMError(Exception):
     """One request failed for good: after its retries, or at once when retrying cannot help (400).
 
-    `kind`: "rate_limit", "server_error", "timeout", "connection", "malformed", "bad_request",
-    "conflict", "auth", "not_found"; `status`: the HTTP status, if there was one.
+    `kind`: "rate_limit", "server_error", "timeout", "connection", "malformed" (also a reply over
+    `max_reply_bytes`), "bad_request", "conflict", "auth", "not_found"; `status`: the HTTP status,
+    if there was one.
     """
 
     def __init__(self, message: str, kind: str, status: int | None = None) -> None:
@@ -132,8 +147,9 @@ class LLMFatalError(LLMError):
 @dataclass
 class Usage:
     """Running totals of one client. `faults` counts failed attempts by HTTP status ("429", "500")
-    or by kind ("timeout", "connection", "malformed"). Tokens and cost cover calls made, not cache
-    hits. `cost_usd` is None unless both prices are known: half a price would read as a total."""
+    or by kind ("timeout", "connection", "malformed", "too_large"). Tokens and cost cover calls
+    made, not cache hits. `cost_usd` is None unless both prices are known: half a price would read
+    as a total."""
 
     requests: int = 0  # logical requests answered (from the cache or the endpoint)
     cached: int = 0  # of which served from the cache
@@ -165,6 +181,83 @@ def default_cache_path() -> Path:
     return Path(root) / "belle" / "llm.sqlite"
 
 
+_SECRET_PARAM = re.compile(r"key|token|secret|pass|sig|auth|credential", re.IGNORECASE)
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` fit to print, log or save: a `user:password@` and the values of query parameters
+    that look like secrets (`api-key`, `token`, `sig`, ...) become `***`; None stays None."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        host = f"[{host}]" if ":" in host else host
+        netloc = "***@" + host + (f":{port}" if port is not None else "")
+    query = urlencode([(name, "***" if _SECRET_PARAM.search(name) else value)
+                       for name, value in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment and "***"))
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """What `redact_url` hides in `url`, as written and percent-decoded: the user name and
+    password and the values of secret-looking query parameters; longest first."""
+    try:
+        parts = urlsplit(url or "")
+    except ValueError:
+        return [url] if url else []
+    found = {parts.username, parts.password, parts.username and unquote(parts.username),
+             parts.password and unquote(parts.password)}
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if _SECRET_PARAM.search(unquote_plus(name)):
+            found.update((value, unquote_plus(value)))
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URL in it passed through `redact_url`."""
+    return _URL.sub(lambda match: redact_url(match.group()) or "", text) if "://" in text else text
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """`text` fit to show: each of `secrets` (a key, the `url_secrets` of a base URL, longest
+    first), should a server have echoed it, becomes `***`, and every URL in it is redacted."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return redact_text(text)
+
+
+class _RedactURLs(logging.Filter):
+    """Rewrites a record whose message holds a URL with a secret, so that the secret reads `***`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACT_URLS = _RedactURLs()
+# httpx logs every request's whole URL at INFO; openai 3 ships its HTTP client as httpx2
+HTTP_LOGGERS = ("httpx", "httpx2", "openai", "openai._base_client")
+
+
+def redact_http_logs() -> None:
+    """Keep the secrets of URLs out of what the HTTP libraries log (idempotent)."""
+    for name in HTTP_LOGGERS:
+        logging.getLogger(name).addFilter(_REDACT_URLS)
+
+
 def is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -183,13 +276,17 @@ class ReplyCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # autocommit (isolation_level=None); timeout: wait this long for another process's write
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, not a power cut
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, finish_reason TEXT,"
-            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, request TEXT NOT NULL, created REAL NOT NULL)"
-        )
+        try:
+            self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, not a power cut
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, finish_reason TEXT,"
+                " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, request TEXT NOT NULL, created REAL NOT NULL)"
+            )
+        except sqlite3.Error as error:
+            raise DataError(f"{path}: not a usable reply cache ({error}); name another file with --cache, "
+                            "or --cache off") from None
 
     def get(self, key: str) -> Reply | None:
         row = self.db.execute(
@@ -216,19 +313,30 @@ class _Fault(Exception):
 
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if the server sent one."""
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if the server sent
+    a usable one: NaN, infinity, a negative number, a date in the past or garbage give None (the
+    normal backoff)."""
+    for name, per_second in (("retry-after-ms", 1000), ("retry-after", 1)):
+        value = headers.get(name)
+        seconds = _header_seconds(value, per_second) if value else None
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def _header_seconds(value: str, per_second: int) -> float | None:
+    """`value` (a number of 1/`per_second` seconds, or an HTTP date when `per_second` is 1) as
+    seconds from now; None unless it is finite and not negative."""
     try:
-        if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000
-        value = headers.get("retry-after")
-        if not value:
+        seconds = float(value) / per_second
+    except ValueError:
+        if per_second != 1:
             return None
         try:
-            return float(value)
-        except ValueError:
-            return email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-    except (TypeError, ValueError):
-        return None
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _status_fault(error: openai.APIStatusError, key_env: str) -> _Fault:
@@ -269,7 +377,7 @@ def _parse(api: str, body: str) -> Reply:
                  int(usage.get("completion_tokens") or 0), cached=False)
 
 
-def _http_module() -> Any:
+def http_module() -> Any:
     """httpx (openai 1.x) or httpx2 (openai 3.x): whichever openai's HTTP client is built on."""
     base = next(c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient")
     return importlib.import_module(base.__module__.split(".")[0])
@@ -299,12 +407,14 @@ class LLMClient:
         if not key:
             if not is_loopback(self.base_url):
                 raise LLMFatalError(
-                    f"no API key for {self.base_url}: set the environment variable {options.api_key_env} "
+                    f"no API key for {redact_url(self.base_url)}: set the environment variable {options.api_key_env} "
                     f"(export {options.api_key_env}=...), or name another variable with --api-key-env", "auth")
-            logger.info("$%s is not set; %s is local, so no key is sent", options.api_key_env, self.base_url)
+            logger.info("$%s is not set; %s is local, so no key is sent", options.api_key_env, redact_url(self.base_url))
             key = "EMPTY"  # local vLLM or `belle serve` need none, but the client wants one
         self._key = key
-        self._http = _http_module()
+        self._secrets = sorted(([] if key == "EMPTY" else [key]) + url_secrets(self.base_url), key=len, reverse=True)
+        redact_http_logs()
+        self._http = http_module()
         pool = max(options.concurrency, 100)  # keep-alive connections: at least one per request in flight
         http_client = openai.DefaultAsyncHttpxClient(
             limits=self._http.Limits(max_connections=2 * pool, max_keepalive_connections=pool))
@@ -357,7 +467,7 @@ class LLMClient:
         request = {"api": api, "base_url": self.base_url, "model": self.options.model, **payload,
                    "params": params, "variant": variant}
         request_json = json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        key = hashlib.sha256(request_json.encode("utf-8")).hexdigest()
+        key = hashlib.sha256(request_json.encode("utf-8")).hexdigest()  # the real URL: another password, another entry
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.usage.requests += 1
             self.usage.cached += 1
@@ -369,7 +479,9 @@ class LLMClient:
             raise
         self.usage.requests += 1
         if self.cache is not None:
-            self.cache.put(key, request_json, reply)
+            stored = json.dumps({**request, "base_url": redact_url(self.base_url)}, ensure_ascii=False, sort_keys=True,
+                                separators=(",", ":"))
+            self.cache.put(key, stored, reply)
         return reply
 
     async def _with_retries(self, api: str, payload: dict[str, Any], params: dict[str, Any]) -> Reply:
@@ -389,15 +501,16 @@ class LLMClient:
                 raise LLMError(message + (f" (after {attempts} attempts)" if fault.retry else ""), fault.kind, fault.status)
             delay = self._random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
             if fault.retry_after is not None:
-                delay = min(max(fault.retry_after, 0.0), RETRY_AFTER_CAP)
+                delay = min(fault.retry_after, RETRY_AFTER_CAP)
             self.usage.retries += 1
             logger.info("%s; retry %d of %d in %.1f s", message, attempt + 1, attempts - 1, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     def _scrub(self, text: str) -> str:
-        """`text` without the key, should a server have echoed it."""
-        return text.replace(self._key, "***") if self._key != "EMPTY" else text
+        """`text` without the key or the secrets of the base URL, should a server have echoed them
+        (a 404 that quotes the path and its query), and with any URL in it redacted."""
+        return scrub(text, self._secrets)
 
     async def _pace(self) -> None:
         """Wait for this attempt's start slot under the rpm limit: starts are 60/rpm seconds apart."""
@@ -415,18 +528,45 @@ class LLMClient:
         # message through its typed transforms, a quarter of the client's CPU time in bench_llm.
         body = {"model": self.options.model, **payload, **params}
         try:
-            response = await self._client.post("/chat/completions" if api == "chat" else "/completions",
-                                               cast_to=self._http.Response, body=body)
-        except openai.APITimeoutError:
-            raise _Fault(f"no reply within {self.options.timeout:g} s", "timeout", "timeout") from None
-        except openai.APIConnectionError as error:
-            raise _Fault(f"connection failed: {error.__cause__ or error}", "connection", "connection") from None
-        except openai.APIStatusError as error:
-            raise _status_fault(error, self.options.api_key_env) from None
-        reply = _parse(api, response.text)
+            async with asyncio.timeout(self.options.timeout):  # the whole attempt, not one read: a drip counts too
+                text = await self._post("/chat/completions" if api == "chat" else "/completions", body)
+        except TimeoutError:
+            raise _Fault(f"no whole reply within {self.options.timeout:g} s", "timeout", "timeout") from None
+        reply = _parse(api, text)
         self.usage.prompt_tokens += reply.prompt_tokens
         self.usage.completion_tokens += reply.completion_tokens
         if self.usage.cost_usd is not None:
             self.usage.cost_usd += cost_usd(reply.prompt_tokens, reply.completion_tokens,
                                             self.options.price_input, self.options.price_output)
         return reply
+
+    async def _post(self, path: str, body: dict[str, Any]) -> str:
+        """The body of the endpoint's 200 answer to `body`, read no further than `max_reply_bytes`."""
+        try:
+            response = await self._client.post(path, cast_to=self._http.Response, body=body,
+                                               options={"headers": {_STREAM_BODY_HEADER: "stream"}})
+        except openai.APITimeoutError:
+            raise TimeoutError from None
+        except openai.APIConnectionError as error:
+            raise _Fault(f"connection failed: {error.__cause__ or error}", "connection", "connection") from None
+        except openai.APIStatusError as error:
+            raise _status_fault(error, self.options.api_key_env) from None
+        limit = self.options.max_reply_bytes
+        too_large = _Fault(f"the reply is over {limit:,} bytes (max_reply_bytes)", "malformed", "too_large")
+        chunks, size = [], 0
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise too_large
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+        except self._http.TimeoutException:
+            raise TimeoutError from None
+        except self._http.HTTPError as error:
+            raise _Fault(f"the connection broke during the reply: {error}", "connection", "connection") from None
+        finally:
+            await response.aclose()
+        return b"".join(chunks).decode("utf-8", errors="replace")

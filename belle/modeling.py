@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from belle import __version__
+from belle.conversation import DataError
+from belle.data.outputs import write_text_atomic
 from belle.templates import Template, get_template, to_jinja
 
 logger = logging.getLogger(__name__)
@@ -28,15 +31,59 @@ TINY_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_en
                        "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
+# Files of which a tokenizer folder holds at least one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelFolderError(DataError):
+    """A path given as a model or tokenizer that is not one: the message names the path and what is missing."""
+
+
+def check_model_path(path: str | Path, needs: tuple[str, ...] = ("config.json",), what: str = "model") -> None:
+    """Raise `ModelFolderError` if `path` is a local file, a folder holding none of the files `needs`,
+    or missing and not shaped like a Hub id (`org/name`), so that loading it fails in one sentence."""
+    local = Path(path)
+    if local.is_dir():
+        if not any((local / name).is_file() for name in needs):
+            raise ModelFolderError(f"{path}: not a {what} folder (it has no {' or '.join(needs)})")
+    elif local.exists():
+        raise ModelFolderError(f"{path}: a file, not a {what} folder")
+    elif not _HUB_ID.match(str(path)):
+        raise ModelFolderError(f"{path}: no such {what} folder")
+
+
+def _from_pretrained(load: Any, path: str | Path, what: str, **kwargs: Any) -> Any:
+    """`load(str(path), **kwargs)`, with transformers' OSError for a path it cannot find or fetch
+    (a Hub id offline, a missing weight file) turned into a one-line `ModelFolderError`."""
+    try:
+        return load(str(path), **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFolderError(f"{path}: cannot load the {what}: {first}") from e
+
+
 def read_checkpoint_info(model_dir: str | Path) -> dict[str, Any]:
     """The folder's `belle.json` (template name, training config), or `{}` if it has none."""
     path = Path(model_dir) / BELLE_JSON
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_object(path) if path.is_file() else {}
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file (config.json, belle.json, ...) as a dict; `ModelFolderError` naming
+    the file when it is not UTF-8 JSON holding an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(value, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def write_checkpoint_info(model_dir: str | Path, template: str, **extra: Any) -> None:
     info = {"belle_version": __version__, "template": template, **extra}
-    (Path(model_dir) / BELLE_JSON).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_text_atomic(Path(model_dir) / BELLE_JSON, json.dumps(info, ensure_ascii=False, indent=2))
 
 
 def resolve_template(model_dir: str | Path, tokenizer: Any, name: str | None = None) -> Template:
@@ -58,7 +105,8 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_si
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    check_model_path(path, TOKENIZER_FILES, "tokenizer")
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
@@ -104,14 +152,18 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    check_model_path(path, ("config.json", "adapter_config.json"))
     path, found = split_adapter(path)
     adapter = adapter or found
+    check_model_path(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with warnings.catch_warnings():  # transformers warns that _cpu_gptq_kernel's override overrides
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path),
+        model = _from_pretrained(
+            AutoModelForCausalLM.from_pretrained,
+            path,
+            "model",
             dtype=resolve_dtype(dtype),
             device_map=device,
             attn_implementation=attn_implementation,
@@ -135,7 +187,7 @@ def _cpu_gptq_kernel(path: Path, device: str) -> dict[str, Any]:
     config_path = path / "config.json"
     if device != "cpu" or not config_path.is_file():
         return {}
-    quantization = json.loads(config_path.read_text(encoding="utf-8")).get("quantization_config") or {}
+    quantization = read_json_object(config_path).get("quantization_config") or {}
     if quantization.get("quant_method") != "gptq" or quantization.get("bits") != 4 \
             or quantization.get("group_size") in (32, 64, 128, 256):
         return {}
@@ -149,7 +201,9 @@ def split_adapter(path: str | Path, base: str | Path | None = None) -> tuple[Pat
     `base`, or else on the base model its `adapter_config.json` names."""
     path = Path(path)
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        recorded = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        recorded = read_json_object(path / "adapter_config.json").get("base_model_name_or_path")
+        if not (base or recorded):
+            raise ModelFolderError(f"{path / 'adapter_config.json'}: names no base model (base_model_name_or_path)")
         return Path(base or recorded), path
     return path, None
 
@@ -326,5 +380,5 @@ def train_tiny_model(
     model.save_pretrained(model_dir, safe_serialization=True)
     info = read_checkpoint_info(model_dir)
     info["trained_by"] = f"belle.modeling.train_tiny_model steps={steps} seq_len={seq_len} batch_size={batch_size}"
-    (model_dir / BELLE_JSON).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_text_atomic(model_dir / BELLE_JSON, json.dumps(info, ensure_ascii=False, indent=2))
     return model_dir

@@ -1,11 +1,13 @@
-"""Turning generated token ids into text as they arrive: whole characters only, stop strings held back.
+"""Turning generated token ids into text as they arrive: whole characters only, stop strings held
+back; and reading a server's stream of server-sent events.
 
-Both pieces are pure text logic, shared by every front end through `belle.generation`.
+All pieces are pure text logic: the first two are shared by every front end through
+`belle.generation`, `sse_data` by the remote chat backend.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -85,3 +87,25 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """`text` up to its first stop string, and whether one was found."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return (text[: min(hits)], True) if hits else (text, False)
+
+
+def sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """The data of each server-sent event in `lines` (a stream's lines without their line ends):
+    the `data:` lines of one event joined by newlines; comments (`:`), `event:`, `id:` and
+    `retry:` lines carry no data and are passed over. The last event needs no blank line after it.
+    Raises ValueError at a line of no event field (an HTML error page, garbage): where the
+    standard would pass it over, an OpenAI-compatible stream is broken."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        field, colon, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+        elif not colon or field not in ("", "event", "id", "retry"):
+            raise ValueError(f"a line that is not a server-sent event: {line[:80]!r}")
+    if data:
+        yield "\n".join(data)

@@ -226,6 +226,13 @@ def test_bad_yaml_is_a_config_error(tmp_path):
     assert problem.startswith("cannot read YAML")
 
 
+def test_yaml_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes("output_dir: 运行".encode("gbk"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 \(byte 0xd4 at offset 12\)"):
+        load_config(Config, path)
+
+
 def test_missing_yaml_file_is_a_config_error(tmp_path):
     (problem,) = problems_of(tmp_path / "missing.yaml")
     assert problem.startswith("cannot read YAML")

@@ -244,7 +244,7 @@ def test_empty_json_array_yields_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("chunk_chars", [7, 64, 1 << 20])
-def test_malformed_element_in_json_array_stops_that_file_with_a_rejection(tmp_path, chunk_chars):
+def test_malformed_element_in_json_array_is_rejected_and_reading_goes_on_at_the_next(tmp_path, chunk_chars):
     path = tmp_path / "broken.json"
     path.write_text(
         '[\n'
@@ -257,10 +257,12 @@ def test_malformed_element_in_json_array_stops_that_file_with_a_rejection(tmp_pa
     )
     items = list(iter_json_records(path, chunk_chars=chunk_chars))
     assert items[0] == (2, {"instruction": "a", "output": "b"})
-    assert len(items) == 2
+    assert items[2] == (5, {"instruction": "d", "output": "e"})
+    assert len(items) == 3
     line, rejection = items[1]
-    assert line == 4  # where the bad token is
+    assert line == 3  # where the element starts; the detail names the line of the bad token
     assert isinstance(rejection, Rejection) and rejection.reason == "malformed JSON"
+    assert rejection.detail == "Expecting value on line 4 (skipped to the next element)"
 
 
 def test_malformed_array_rejection_is_reported_and_the_next_file_is_still_read(tmp_path):

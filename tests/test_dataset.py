@@ -87,3 +87,23 @@ def test_datasets_dataset_is_a_source(tokenizer):
 def test_packing_without_max_length_is_refused(data_file, tokenizer):
     with pytest.raises(ValueError, match="max_length"):
         tokenize_dataset(load_conversations(data_file), tokenizer, BELLE, pack=True)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_an_empty_file_is_an_empty_dataset_with_the_usual_columns(tmp_path, tokenizer, pack):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    conversations = load_conversations(empty)
+    assert len(conversations) == 0 and conversations.column_names == ["id", "messages", "reject", "location"]
+    samples, stats = tokenize_dataset(conversations, tokenizer, BELLE, max_length=64, pack=pack)
+    assert len(samples) == 0 and stats.records == 0 and stats.samples == 0
+    assert "input_ids" in samples.column_names and rejected_lines(conversations) == []
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_a_file_where_every_record_is_rejected_counts_each_reason(tmp_path, tokenizer, pack):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("{bad\n" + json.dumps({"conversations": [{"from": "human", "value": "没有回答"}]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    samples, stats = tokenize_dataset(load_conversations(path), tokenizer, BELLE, max_length=64, pack=pack)
+    assert len(samples) == 0 and stats.samples == 0 and stats.records == 2
+    assert stats.rejected == {"malformed JSON": 1, "no assistant turn": 1}

@@ -7,12 +7,15 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 
-import pytest
+from urllib.parse import quote
 
-from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Usage, default_cache_path
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Usage, default_cache_path, redact_url, url_secrets
 from belle.testing.openai_stub import Fault, StubReply, serve_stub
 
 KEY_ENV = "BELLE_TEST_LLM_KEY"
@@ -255,7 +258,7 @@ def test_default_cache_path_follows_xdg(tmp_path, monkeypatch):
     assert default_cache_path().parts[-3:] == (".cache", "belle", "llm.sqlite")
 
 
-def test_stub_runs_alone_and_refuses_streaming():
+def test_stub_runs_alone_and_streams():
     proc = subprocess.Popen([sys.executable, "-m", "belle.testing.openai_stub", "--reply", "嗯"], stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()
@@ -264,9 +267,39 @@ def test_stub_runs_alone_and_refuses_streaming():
             assert json.load(response)["data"][0]["id"]
         streamed = urllib.request.Request(f"{url}/chat/completions", method="POST", headers={"Content-Type": "application/json"},
                                           data=json.dumps({"model": "m", "messages": [], "stream": True}).encode())
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(streamed, timeout=10)
-        assert refused.value.code == 400
+        with urllib.request.urlopen(streamed, timeout=10) as response:
+            events = [line for line in response.read().decode().splitlines() if line]
+        assert json.loads(events[0][len("data: "):])["choices"][0]["delta"]["content"] == "嗯"
+        assert json.loads(events[1][len("data: "):])["choices"][0]["finish_reason"] == "stop"
+        assert events[2:] == ["data: [DONE]"]
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+    ("https://alice:s3cret@api.example.com/v1", "https://***@api.example.com/v1"),
+    ("https://sk-only@api.example.com:8443/v1", "https://***@api.example.com:8443/v1"),
+    ("http://u:p@[::1]:8000/v1", "http://***@[::1]:8000/v1"),
+    ("https://x.openai.azure.com/v1?api-key=abc123&api-version=2024-06-01",
+     "https://x.openai.azure.com/v1?api-key=***&api-version=2024-06-01"),
+    ("https://h/v1?access_token=t&sig=s&Password=p&model=m", "https://h/v1?access_token=***&sig=***&Password=***&model=m"),
+    ("https://h/v1#key=abc", "https://h/v1#***"),
+    ("http://h:port/v1", "<unparsable URL>"),
+    (None, None),
+    ("", ""),
+])
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+
+
+@settings(max_examples=100, deadline=None)
+@given(user=st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?#[]% 中", min_size=1, max_size=12),
+       password=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=8, max_size=20),
+       value=st.text(st.characters(codec="utf-8"), min_size=8, max_size=20))
+def test_redacted_url_holds_no_secret_as_written_or_decoded(user, password, value):
+    url = f"https://{quote(user, safe='')}:{quote(password, safe='')}@h.example/v1?api-key={quote(value, safe='')}&model=m"
+    shown = redact_url(url)
+    assert shown == "https://***@h.example/v1?api-key=***&model=m"
+    assert {password, value, quote(password, safe=""), quote(value, safe="")} <= set(url_secrets(url))

@@ -1,8 +1,10 @@
 """belle.streaming: whole characters only, and stop strings that never leak, however the text is split."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from belle.streaming import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher, cut_at_stop
+from belle.streaming import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher, cut_at_stop, sse_data
 
 CHINESE = "你好，世界！BELLE 是每个人的大语言模型引擎。😀 emoji too."
 
@@ -83,3 +85,24 @@ def test_a_partial_stop_string_is_never_shown_early():
 def test_cut_at_stop():
     assert cut_at_stop("a\n\nHuman: b", ["\n\nHuman:", "b"]) == ("a", True)
     assert cut_at_stop("abc", ["x"]) == ("abc", False)
+
+
+def test_sse_data_reads_events_as_servers_send_them():
+    lines = [": ping", "event: message", "id: 1", "retry: 100", 'data: {"a": 1}', "", "data:x", "data:  y", "",
+             "", "data: [DONE]"]  # the last event with no blank line after it
+    assert list(sse_data(lines)) == ['{"a": 1}', "x\n y", "[DONE]"]
+
+
+@pytest.mark.parametrize("line", ["<html>", "garbage here", "{\"choices\": []}", "Data: x"])
+def test_sse_data_refuses_a_line_of_no_event_field(line):
+    events = sse_data(["data: first", "", line, "", "data: never"])
+    assert next(events) == "first"
+    with pytest.raises(ValueError, match="not a server-sent event"):
+        next(events)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(st.characters(exclude_characters="\r\n\x85\u2028\u2029\x0b\x0c\x1c\x1d\x1e"), min_size=1), max_size=8))
+def test_sse_data_gives_back_each_event(datas):
+    lines = [line for data in datas for line in (f"data: {data}", "")]
+    assert list(sse_data(lines)) == datas

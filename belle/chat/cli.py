@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Sequence
 
-from belle.chat.backends import LocalBackend, RemoteBackend
+from belle.chat.backends import BackendError, LocalBackend, RemoteBackend
 from belle.chat.engines import load_engines
 from belle.cli import UsageError, run_command
 from belle.generation import GenerationParams
@@ -66,10 +66,13 @@ def chat(
     if not model and not api_base:
         raise UsageError("give --model DIR (one or more), or --api-base URL")
     if api_base:
-        backend: LocalBackend | RemoteBackend = RemoteBackend(api_base, api_key_env)
+        try:
+            backend: LocalBackend | RemoteBackend = RemoteBackend(api_base, api_key_env)
+        except BackendError as e:
+            raise UsageError(f"{e} (check --api-base and --api-key-env)") from None
         unknown = [name for name in model or [] if name not in backend.names]
         if not backend.names or unknown:
-            raise UsageError(f"{api_base} serves {', '.join(backend.names) or 'no models'}"
+            raise UsageError(f"{backend.shown_url} serves {', '.join(backend.names) or 'no models'}"
                              + (f", not {', '.join(unknown)}" if unknown else ""))
         backend.names = model or backend.names
     else:

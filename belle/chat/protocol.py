@@ -7,11 +7,15 @@ vLLM accepts them. Fields that would change the result but are not supported (`n
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_COUNT = 2**31 - 1  # the largest token count or k a request may name; JSON integers are unbounded
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class APIError(Exception):
@@ -36,19 +40,19 @@ class StreamOptions(BaseModel):
 class SamplingRequest(BaseModel):
     """Fields shared by `/v1/chat/completions` and `/v1/completions`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=MAX_COUNT)
     repetition_penalty: float | None = Field(None, gt=0)
-    min_tokens: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0, le=MAX_COUNT)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(1, le=MAX_COUNT)
     presence_penalty: float = 0
     frequency_penalty: float = 0
     logprobs: bool | int | None = None
@@ -80,7 +84,7 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -97,7 +101,14 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, le=MAX_COUNT)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, prompt: str | list[str]) -> str | list[str]:
+        if prompt in ("", [], [""]):
+            raise ValueError("must not be empty")
+        return prompt
 
     def unsupported(self) -> list[str]:
         refused = super().unsupported()
@@ -123,6 +134,24 @@ def plain_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
             content = "".join(part.text for part in content)
         out.append({"role": "system" if message.role == "developer" else message.role, "content": content})
     return out
+
+
+def lone_surrogate_at(value: Any, where: str = "") -> str | None:
+    """The dotted path (`messages.0.content`) of the first string, or dict key, in `value` holding a
+    lone surrogate (JSON's `"\\ud800"`): text no tokenizer, log or UTF-8 reply can carry. None if there is none."""
+    if isinstance(value, str):
+        return where if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _SURROGATE.search(str(key)):
+                return where or "body"
+            if (found := lone_surrogate_at(item, f"{where}.{key}" if where else str(key))) is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := lone_surrogate_at(item, f"{where}.{i}" if where else str(i))) is not None:
+                return found
+    return None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -30,6 +30,7 @@ def serve(
     max_queue: int = 32,
     max_input_tokens: int | None = None,
     max_tokens: int | None = None,
+    max_request_bytes: int = 4 * 1024 * 1024,
     trust_remote_code: bool = False,
 ) -> int:
     """Serve models through an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /health.
@@ -48,6 +49,7 @@ def serve(
         max_queue: requests waiting for a slot; more are refused with 429.
         max_input_tokens: longest prompt accepted, in tokens; default: the context less one.
         max_tokens: largest max_tokens a request may ask for; default: no limit but the context.
+        max_request_bytes: largest request body, in bytes (4 MiB); a larger one is refused with 413 before it is read.
         trust_remote_code: run Python code shipped in the model folder.
     """
     import uvicorn
@@ -56,10 +58,16 @@ def serve(
 
     if max_concurrent < 1 or max_queue < 0:
         raise UsageError("--max-concurrent must be at least 1 and --max-queue at least 0")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, not {port}")
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
+    if max_request_bytes < 1:
+        raise UsageError(f"--max-request-bytes must be at least 1, not {max_request_bytes}")
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     engines = load_engines(model, base=base, template=template, dtype=dtype, device=device,
                            context_length=context_length, trust_remote_code=trust_remote_code)
-    limits = ServerLimits(max_concurrent, max_queue, max_input_tokens, max_tokens)
+    limits = ServerLimits(max_concurrent, max_queue, max_input_tokens, max_tokens, max_request_bytes)
     app = create_app(engines, limits, api_key)
     if host not in LOOPBACK:
         logger.warning("binding %s: the server is reachable from the network%s", host, "" if api_key else " and needs no API key")

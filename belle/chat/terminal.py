@@ -2,6 +2,8 @@
 
 Commands: `/reset` forgets the conversation, `/system TEXT` sets the system prompt (and resets),
 `/exit` (or end of input) quits. Ctrl-C stops the reply being generated; a second Ctrl-C quits.
+A reply the server cut off keeps what came and ends in a `[reply cut off: why]` line; a server
+error is shown as one line, and the chat goes on.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from belle.chat.backends import LocalBackend, RemoteBackend
+from belle.chat.backends import BackendError, LocalBackend, RemoteBackend, ReplyCut, cut_note
 from belle.generation import GenerationParams, PromptTooLong
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
 
 
 def run_terminal_chat(backend: LocalBackend | RemoteBackend, model: str, params: GenerationParams, system: str = "",
-                      stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+                      stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    """Chat until /exit or the end of `stdin` (default: sys.stdin at the call, as for `stdout`)."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     history: list[dict[str, str]] = []
     print(f"chatting with {model}; {HELP}", file=stdout, flush=True)
     while True:
@@ -52,8 +56,13 @@ def run_terminal_chat(backend: LocalBackend | RemoteBackend, model: str, params:
         except KeyboardInterrupt:
             stream.close()
             print(" (stopped)", end="", file=stdout, flush=True)
+        except ReplyCut as e:
+            print(("\n" if reply else "") + cut_note(e), end="", file=stdout, flush=True)
         except PromptTooLong as e:
             print(f"(cannot reply: {e})", file=stdout, flush=True)
+            continue
+        except BackendError as e:
+            print(f"(the model server failed: {e})", file=stdout, flush=True)
             continue
         print(file=stdout, flush=True)
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply)}]

@@ -1,9 +1,10 @@
 """`belle chat`: the web chat, a Gradio page over a `LocalBackend` or a `RemoteBackend`.
 
-Replies stream as they are generated. Stop ends the generation; the chat's own buttons regenerate
-the last reply, undo the last exchange and clear the conversation. The system prompt, the decoding
-settings and, with several models, the model are under "Settings". Replies are generated one at a
-time: other tabs wait in Gradio's queue.
+Replies stream as they are generated; a reply the server cut off ends in a `[reply cut off: why]`
+line, which is left out of the conversation sent with the next message. Stop ends the generation;
+the chat's own buttons regenerate the last reply, undo the last exchange and clear the
+conversation. The system prompt, the decoding settings and, with several models, the model are
+under "Settings". Replies are generated one at a time: other tabs wait in Gradio's queue.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import gradio as gr
-import openai
 
-from belle.chat.backends import LocalBackend, RemoteBackend
+from belle.chat.backends import CUT_PREFIX, BackendError, LocalBackend, RemoteBackend, ReplyCut, cut_note
 from belle.generation import GenerationParams, PromptTooLong
 
 TITLE = "belle chat"
 REMOTE_MAX_NEW_TOKENS = 4096
 # Fonts the browser already has: the default theme's Google Fonts are unreachable on closed networks.
+CUT_SEPARATOR = "\n\n"  # between a cut reply and its note
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
@@ -34,12 +35,22 @@ def text_of(content: Any) -> str:
     return ""
 
 
+def without_cut_note(reply: str) -> str:
+    """`reply` without the note that `chat` puts under a cut reply."""
+    if reply.startswith(CUT_PREFIX):
+        return ""
+    return reply.rpartition(CUT_SEPARATOR + CUT_PREFIX)[0] if CUT_SEPARATOR + CUT_PREFIX in reply else reply
+
+
 def to_messages(message: Any, history: list[dict[str, Any]], system: str) -> list[dict[str, str]]:
     """The conversation for the backend: the system prompt, the answered exchanges of Gradio's
-    `history` (a user turn left without a reply, after an error or a Stop, is dropped) and `message`."""
+    `history` (a user turn left without a reply, after an error or a Stop, is dropped; the note
+    under a cut reply too) and `message`."""
     exchanges: list[dict[str, str]] = []
     for turn in history:
         role, text = turn["role"], text_of(turn["content"])
+        if role == "assistant":
+            text = without_cut_note(text)
         if role == "user":
             if exchanges and exchanges[-1]["role"] == "user":
                 exchanges.pop()
@@ -84,9 +95,12 @@ def build_app(backend: LocalBackend | RemoteBackend, params: GenerationParams, s
             for delta in stream:
                 reply += delta
                 yield reply
+        except ReplyCut as e:
+            reply += (CUT_SEPARATOR if reply else "") + cut_note(e)
+            yield reply
         except PromptTooLong as e:
             raise gr.Error(f"cannot reply: {e}. Clear the conversation or lower max new tokens.") from None
-        except openai.APIError as e:
+        except BackendError as e:
             raise gr.Error(f"the model server failed: {e}") from None
         finally:
             stream.close()  # Stop closes this generator; closing the stream ends the generation

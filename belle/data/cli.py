@@ -11,7 +11,7 @@ from belle.cli import UsageError, run_verbs
 from belle.conversation import WRITERS, DataError, Format, RejectReport, read_conversations
 from belle.data.dialogue import chat
 from belle.data.generate import generate
-from belle.data.outputs import atomic_output, report_rejects
+from belle.data.outputs import atomic_output, report_rejects, write_text_atomic
 from belle.data.tools import dedup, filter, stats
 from belle.tokenization import Overlong
 
@@ -84,8 +84,10 @@ def tokenize(
     from belle.dataset import load_conversations, rejected_lines, tokenize_dataset
     from belle.modeling import load_tokenizer, resolve_template
 
-    if pack and not max_length:
+    if pack and max_length is None:
         raise UsageError("--pack needs --max-length")
+    if (max_length is not None and max_length < 1) or (num_proc is not None and num_proc < 1):
+        raise UsageError("--max-length and --num-proc must be at least 1")
     if not Path(model).is_dir():
         raise UsageError(f"--model {model}: no such folder")
     tokenizer = load_tokenizer(model)
@@ -102,7 +104,7 @@ def tokenize(
                 f.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
     report_rejects(rejected_lines(conversations) if stats.rejected else [], output)
     stats_path = output.with_name(output.name + ".stats.json")
-    stats_path.write_text(json.dumps({"template": chosen.name, **stats.to_dict()}, indent=2), encoding="utf-8")
+    write_text_atomic(stats_path, json.dumps({"template": chosen.name, **stats.to_dict()}, indent=2))
     print(stats.summary())
     print(f"wrote {output} and {stats_path.name}")
     return 0

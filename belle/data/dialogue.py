@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from belle import jsonl
 from belle.cli import UsageError
-from belle.conversation import Conversation, DataError, iter_json_records, to_belle
+from belle.conversation import Conversation, DataError, Rejection, file_encoding, iter_json_records, to_belle
 from belle.data.filters import blacklisted, claims_gpt_identity
 from belle.data.progress import Progress, progress_path, write_report
 from belle.data.similarity import NearDuplicateIndex
@@ -57,13 +57,15 @@ class _Discard(Exception):
 def read_chat_seeds(path: Path) -> list[ChatSeed]:
     """Seeds from JSON lines `{"id"?, "topic"}` or `{"id"?, "question"}`, or a .txt file with one question per line."""
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     if path.suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding=file_encoding(path)).splitlines()
         return [ChatSeed(id=f"{path.stem}-{n}", question=line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
     seeds = []
     for line, record in iter_json_records(path):
         where = f"{path}:{line}"
+        if isinstance(record, Rejection):
+            raise DataError(record.at(where))
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected an object with a 'topic' or a 'question', got {type(record).__name__}")
         texts = {key: record.get(key) for key in ("topic", "question") if record.get(key) is not None}
@@ -108,12 +110,18 @@ def chat(
         raise UsageError("belle data chat needs the chat API (--api chat): the assistant answers with the whole history")
     if rounds < 1 or per_seed < 1:
         raise UsageError("--rounds and --per-seed must be at least 1")
+    if not 0 < similarity <= 1:
+        raise UsageError(f"--similarity must be in (0, 1], not {similarity}")
+    if max_tokens < 1 or temperature < 0:
+        raise UsageError("--max-tokens must be at least 1 and --temperature at least 0")
     try:
         chat_seeds = read_chat_seeds(seeds)
         written = jsonl.resume_records(output)
         journal = {entry["id"]: entry for entry in jsonl.resume_records(progress_path(output))}
     except DataError as e:
         raise UsageError(str(e)) from None
+    if not chat_seeds:
+        raise UsageError(f"--seeds {seeds}: no seeds in this file")
     units = [(seed, k, seed.id if per_seed == 1 else f"{seed.id}-{k}") for seed in chat_seeds for k in range(per_seed)]
     done = {record["id"] for record in written} | {i for i, entry in journal.items() if not entry.get("failed")}
     progress = Progress(kept=len(written))

@@ -157,10 +157,20 @@ _ZH_SENTENCE = r"[^。！？!?\n]{0,30}?"  # within one sentence
 _MAKE_ZH = r"(?:开发|训练|创造|创建|研发|打造|设计|推出)"
 _MAKE_EN = r"(?:trained|developed|created|made|built|designed|programmed)"
 _AI_LM_ZH = r"(?:一个|一款|一种|一名)?\s*(?:AI|人工智能)\s*(?:大型)?语言模型"
+_GPT_NAME = r"(?:chat)?gpt(?:[\s-]?\d(?:\.\d)?[a-z]*)?"
+# what the model calls itself at the end of "作为……，我": "GPT模型", "ChatGPT", "AI助手", "AI"
+_SELF_ZH = rf"(?:{_GPT_NAME}|(?:语言|人工智能|AI)?\s*(?:模型|助手|机器人)|AI|人工智能)"
+_NO_CLAUSE_END = r"[^。！？!?\n，,；;]"
 _IDENTITY = re.compile(
     "|".join([
         # 我是ChatGPT / 我叫ChatGPT / 我是一个基于GPT-3.5的模型 / 我被OpenAI训练
         rf"我(?:只|仅仅)?(?:是|叫|被|来自|基于){_ZH_CLAUSE}(?:openai|chatgpt|gpt)",
+        # 我由OpenAI训练
+        r"我(?:是)?由\s*(?:openai|chatgpt)",
+        # 作为一个由OpenAI开发的GPT模型，我… / 作为ChatGPT，我… / 身为OpenAI训练的AI，我…: the phrase
+        # names GPT or OpenAI and ends in what the speaker is, right before "，我" ("作为一个GPT模型的
+        # 使用者，我" is someone else)
+        rf"(?:作为|身为)(?={_NO_CLAUSE_END}*?(?:openai|gpt)){_NO_CLAUSE_END}{{0,30}}?{_SELF_ZH}\s*[，,]\s*我(?!们)",
         # 我是一个人工智能语言模型，由OpenAI训练
         rf"我是{_ZH_SENTENCE}(?:由|被)\s*openai",
         rf"我的(?:名字|开发者|创造者|创建者|训练者|开发团队|开发公司)(?:是|叫)\s*(?:openai|chatgpt|gpt)",
@@ -179,15 +189,20 @@ _IDENTITY = re.compile(
         r"\bi(?:\s+am|'m)\s+(?:just\s+|only\s+|merely\s+)?an?\s+(?:ai|artificial intelligence)\s+language\s+model",
         r"\bas\s+an?\s+(?:ai|artificial intelligence)\s+language\s+model\b",
         r"\bas\s+an?\s+(?:large\s+)?language\s+model\b[^.!?\n]{0,40}?\bi\b",
+        # As ChatGPT, I ... / As a GPT model, I ... / I'm a GPT-based language model
+        rf"\bas\s+(?:an?\s+)?(?:large\s+)?{_GPT_NAME}(?:[\s-]based)?(?:\s+(?:language\s+)?(?:model|assistant|chatbot))?\s*,\s*(?:i|i'm|my)\b",
+        rf"\b(?:i am|i'm)\s+an?\s+(?:large\s+)?{_GPT_NAME}(?:[\s-]based)?(?:\s+language)?\s+(?:model|assistant|chatbot)\b",
     ]),
     re.IGNORECASE,
 )
 
 
 def claims_gpt_identity(answer: str) -> bool:
-    """Whether `answer` has the model speak as a GPT model: calling itself ChatGPT or GPT, made or
-    trained by OpenAI, or "作为一个AI语言模型" / "As an AI language model" (Chinese and English).
-    Only first-person claims count, so an answer about GPT or OpenAI is not flagged."""
+    """Whether `answer` has the model speak as a GPT model: calling itself ChatGPT or GPT ("我是
+    ChatGPT", "作为一个由OpenAI开发的GPT模型，我…", "As a GPT model, I…"), made or trained by
+    OpenAI ("我由OpenAI训练", "I was developed by OpenAI"), or "作为一个AI语言模型" / "As an AI
+    language model". Only first-person claims count, so an answer about GPT or OpenAI ("GPT模型是
+    一种神经网络", "作为一个GPT模型的使用者，我…") is not flagged."""
     return _IDENTITY.search(answer) is not None
 
 

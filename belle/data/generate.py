@@ -66,8 +66,14 @@ def generate(
     """
     if llm.problems():
         raise UsageError("; ".join(llm.problems()))
+    if num < 1:
+        raise UsageError(f"--num must be at least 1, not {num}")
     if seeds_per_request < 1:
         raise UsageError("--seeds-per-request must be at least 1")
+    if max_tokens < 1 or (max_requests is not None and max_requests < 1):
+        raise UsageError("--max-tokens and --max-requests must be at least 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UsageError("--temperature must be at least 0 and --top-p in (0, 1]")
     seed_tasks = _load_seeds(seeds or default_seed_path(), seeds_per_request)
     if not 0 < similarity <= 1:
         raise UsageError("--similarity must be in (0, 1]")

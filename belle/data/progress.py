@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from belle.data.outputs import write_text_atomic
+
 
 def progress_path(output: Path) -> Path:
     return output.with_name(output.name + ".progress.jsonl")
@@ -71,9 +73,7 @@ class Progress:
 
 def write_report(output: Path, stats: dict[str, Any], summary_lines: list[str]) -> None:
     """Write OUTPUT.stats.json and OUTPUT.summary.md, and print the summary."""
-    output.with_name(output.name + ".stats.json").write_text(
-        json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
+    write_text_atomic(output.with_name(output.name + ".stats.json"), json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
     summary = "\n".join(summary_lines) + "\n"
-    output.with_name(output.name + ".summary.md").write_text(summary, encoding="utf-8")
+    write_text_atomic(output.with_name(output.name + ".summary.md"), summary)
     print(summary, end="")

@@ -125,7 +125,7 @@ def read_seed_tasks(path: Path) -> list[Task]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     tasks = []
     for line, record in iter_json_records(path):
         if isinstance(record, Rejection):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from belle.cli import UsageError
 from belle.conversation import DataError, Rejection, RejectReport, as_source_list, iter_source_records, record_to_messages
-from belle.data.outputs import atomic_output, report_rejects
+from belle.data.outputs import atomic_output, report_rejects, write_text_atomic
 
 TextOf = Literal["prompt", "conversation"]
 
@@ -67,6 +67,8 @@ def stats(
     """
     from belle.data.filters import language
 
+    if bins < 1:
+        raise UsageError(f"--bins must be at least 1, not {bins}")
     output = output or Path(str(input[0]).rstrip("/") + ".stats.json")
     tokenizer = None
     if model:
@@ -111,8 +113,7 @@ def stats(
         "categories": dict(categories.most_common()),
         "languages": {side: dict(counts.most_common()) for side, counts in languages.items()},
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(figures, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(output, json.dumps(figures, ensure_ascii=False, indent=2) + "\n")
     plot = output.with_suffix(".png")
     _histogram(array, unit, bins, plot, title=", ".join(map(str, input)))
     print(_stats_summary(figures))
@@ -175,6 +176,8 @@ def dedup(
     """
     from belle.data.similarity import find_duplicates
 
+    if not 0 < threshold <= 1:
+        raise UsageError(f"--threshold must be in (0, 1], not {threshold}")
     pick = _prompt if on == "prompt" else (lambda messages: _text(messages, ("system", "user", "assistant")))
     report = RejectReport()
     locations, texts = [], []
@@ -224,6 +227,8 @@ def filter(
     """
     from belle.data import filters
 
+    if min_chars < 0 or (max_chars is not None and max_chars < 1):
+        raise UsageError("--min-chars must be at least 0 and --max-chars at least 1")
     def rejection(messages: list[dict[str, str]]) -> str | None:
         prompt, answer = _prompt(messages), _answer(messages)
         if language != "any" and filters.language(prompt) not in (language, "mixed"):

@@ -45,10 +45,11 @@ from tqdm import tqdm
 from belle import jsonl
 from belle.cli import UsageError
 from belle.conversation import DataError
+from belle.data.outputs import write_text_atomic
 from belle.eval.answers import Answered, read_answers
 from belle.eval.evalset import EvalItem
 from belle.eval.judging import question_for_judge
-from belle.eval.report import class_order
+from belle.eval.report import class_order, save_figure_atomic
 from belle.eval.scoring import ask_judge
 from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, cost_usd
 
@@ -454,8 +455,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     win rates, position counts, ids in one file only, judge tokens of calls made and cost in USD),
     pairwise.md (`pairwise_markdown`) and pairwise.png (`plot_results`) into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / RESULTS).write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    (out_dir / SUMMARY).write_text(pairwise_markdown(results), encoding="utf-8")
+    write_text_atomic(out_dir / RESULTS, json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(out_dir / SUMMARY, pairwise_markdown(results))
     plot_results(results, out_dir / PLOT)
 
 
@@ -534,7 +535,7 @@ def plot_results(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("share of items with a verdict")
     ax.set_title(f"{results['model_a']} vs {results['model_b']} (judge: {results['judge']})")
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(rows)), ncol=3)
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path)
 
 
 def summary_text(results: dict[str, Any], out_dir: Path) -> str:

@@ -40,6 +40,7 @@ import numpy as np
 
 from belle import jsonl
 from belle.conversation import DataError
+from belle.data.outputs import atomic_output, write_text_atomic
 from belle.eval.evalset import CLASSES, OTHERS
 from belle.llm import cost_usd
 
@@ -309,8 +310,8 @@ def write_report(reports: list[RunReport], out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"runs": [asdict(report) for report in reports]}
-    (out_dir / "report.json").write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "report.md").write_text(report_markdown(reports), encoding="utf-8")
+    write_text_atomic(out_dir / "report.json", json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(out_dir / "report.md", report_markdown(reports))
     _plot(reports, out_dir / "report.png")
 
 
@@ -382,6 +383,9 @@ def _plot(reports: list[RunReport], path: Path) -> None:
         # a class the run lacks, or one with no scored item, gets no bar (NaN), not a bar at 0
         low = np.array([np.nan if r is None or r.ci_low is None else r.mean - r.ci_low for r in results])
         high = np.array([np.nan if r is None or r.ci_high is None else r.ci_high - r.mean for r in results])
+        # clipped at 0: equal scores make a zero-width interval, and the mean of three 0.8s is
+        # 0.8000000000000002, a hair above it, which matplotlib refuses as a negative error bar
+        low, high = np.clip(low, 0, None), np.clip(high, 0, None)
         label = f"{report.name} (Score_w/o_others {_f(report.score_wo_others)})"
         ax.bar(x + (i - (len(reports) - 1) / 2) * width, means, width, label=label,
                yerr=np.vstack([low, high]), capsize=2)
@@ -392,4 +396,10 @@ def _plot(reports: list[RunReport], path: Path) -> None:
     level = f"{reports[0].confidence * 100:g}%"
     ax.set_title("Judge score per class" + (f" ({level} bootstrap intervals)" if has_ci else ""))
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(len(reports), 2))
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path)
+
+
+def save_figure_atomic(fig: Any, path: Path) -> None:
+    """Save the matplotlib figure `fig` as a PNG at `path` (120 dpi), whole or not at all."""
+    with atomic_output(path, binary=True) as f:
+        fig.savefig(f, dpi=120, format="png")

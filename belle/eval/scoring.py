@@ -23,14 +23,15 @@ from tqdm import tqdm
 from belle import jsonl
 from belle.cli import UsageError
 from belle.conversation import DataError
+from belle.data.outputs import write_text_atomic
 from belle.eval.answers import Answered
 from belle.eval.evalset import EvalItem
 from belle.eval.judging import judge_messages, missing_prompts, parse_score
 from belle.eval.report import JUDGMENTS, RUN_INFO, read_judgments
-from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, Usage
+from belle.llm import OPENAI_BASE_URL, LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, Usage, redact_url
 
 # Settings that change what the judge says: a run folder keeps one value of each.
-PINNED = ("judge", "prompts_sha1", "temperature", "max_tokens")
+PINNED = ("judge", "judge_base_url", "prompts_sha1", "temperature", "max_tokens")
 
 
 def judge_params(samples: int, temperature: float | None, max_tokens: int) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def score_answers(answered: Sequence[Answered], prompts: dict[str, str], judge: 
     models = sorted({a.model for a in answered if a.model})
     _pin_run_info(run_dir, {
         "judge": judge.model, "prompts_sha1": prompts_sha1, "temperature": params["temperature"],
-        "max_tokens": max_tokens, "model": ", ".join(models) or None, "judge_base_url": judge.base_url,
+        "max_tokens": max_tokens, "model": ", ".join(models) or None, "judge_base_url": redact_url(judge.base_url),
         "price_input": judge.price_input, "price_output": judge.price_output,
     })
     path = run_dir / JUDGMENTS
@@ -138,15 +139,27 @@ def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise UsageError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-        changed = [f"{key} {old.get(key)!r} -> {info[key]!r}" for key in PINNED if old.get(key) != info[key]]
+        if not isinstance(old, dict):
+            raise UsageError(f"{path}: not a JSON object; score into a new --output")
+        changed = [f"{key} {_pinned(key, old.get(key))!r} -> {_pinned(key, info[key])!r}" for key in PINNED
+                   if _pinned(key, old.get(key)) != _pinned(key, info[key])]
         if changed:
             hint = ("; the default temperature is 0 for one sample and 0.7 for several"
                     if old.get("temperature") != info["temperature"] else "")
             raise UsageError(f"{run_dir} was scored with other settings ({'; '.join(changed)}{hint}); "
                              "score into a new --output, or use the same settings to resume")
         info = {**old, **{k: v for k, v in info.items() if v is not None}}
+    info["judge_base_url"] = redact_url(info.get("judge_base_url"))  # an older run.json may hold it whole
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+
+
+def _pinned(key: str, value: Any) -> Any:
+    """`value` of run.json's `key` as the pinned-settings check compares it: a judge base URL
+    redacted (run.json never holds its secrets) and without a trailing slash, None as OpenAI's."""
+    if key == "judge_base_url" and (value is None or isinstance(value, str)):
+        return redact_url((value or OPENAI_BASE_URL).rstrip("/"))
+    return value
 
 
 def _todo(answered: Sequence[Answered], path: Path, samples: int) -> list[tuple[Answered, int]]:

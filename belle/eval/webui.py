@@ -9,7 +9,9 @@ report (report.json, report.md, report.png) and judgments.jsonl.
 The judge's model and base URL start as the `--judge-*` flags and can be edited in the page. An
 API key typed into the page's key field serves that one request: it is handed to the client in
 memory and never written to a run folder, a log or the page's run history (turned off). With the
-field empty, the key comes from the environment variable `--judge-api-key-env` names.
+field empty, the key comes from the environment variable `--judge-api-key-env` names, and goes only
+to the base URL the page was started with (`judge_options` enforces it for every request, raw
+POSTs included). Nothing under the working folder is served: downloads are copies in Gradio's cache.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import random
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,7 +38,7 @@ from belle.eval.judging import default_judge_prompts_path, missing_prompts, read
 from belle.eval.report import JUDGMENTS, build_report, class_order, report_markdown, write_report
 from belle.eval.scoring import check_prompts, file_sha1, judge_answer, judge_params, score_answers
 from belle.generation import Engine, GenerationParams, PromptTooLong
-from belle.llm import LLMClient, LLMError, LLMOptions, OPENAI_BASE_URL
+from belle.llm import LLMClient, LLMError, LLMOptions, OPENAI_BASE_URL, redact_url
 
 if TYPE_CHECKING:  # gradio takes seconds to import: only the page itself loads it
     import gradio as gr
@@ -48,6 +52,7 @@ MAX_SAMPLES = 10
 MAX_LISTED_FAILURES = 10
 JUDGE_MAX_TOKENS = 1024
 REPORT_FILES = ("report.json", "report.md", "report.png", JUDGMENTS)
+MAX_UPLOAD_MB = 50.0  # MiB: the largest answers file the page accepts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,9 +137,23 @@ def earlier_replies_text(replies: Sequence[str]) -> str:
 # Judging
 
 
-def judge_options(base: LLMOptions, model: str, base_url: str) -> LLMOptions:
-    """`base` with the page's judge model and base URL (empty: OpenAI's)."""
-    return dataclasses.replace(base, model=model.strip(), base_url=base_url.strip() or None)
+def judge_options(base: LLMOptions, model: str, base_url: str, api_key: str = "") -> LLMOptions:
+    """`base` with the page's judge model and base URL (empty: OpenAI's), for a request made with
+    `api_key` (the page's key field; empty: the operator's key, from `base.api_key_env`).
+
+    The operator's key only ever goes to the operator's base URL (`base.base_url`, OpenAI's when
+    unset), typed whole or as the page shows it, redacted. Any other URL needs a key typed in the
+    page: without one this raises `UsageError` before a client exists; with one, the options name
+    no environment variable, so nothing can fall back on the operator's key."""
+    operator = (base.base_url or OPENAI_BASE_URL).rstrip("/")
+    wanted = base_url.strip().rstrip("/") or OPENAI_BASE_URL
+    if wanted in (operator, redact_url(operator)):
+        return dataclasses.replace(base, model=model.strip())
+    if not api_key.strip():
+        raise UsageError(f"the judge base URL {redact_url(wanted)} is not the one this page was started with, "
+                         f"so it needs your own API key: type it in the API key field (this server's key "
+                         f"is only sent to {redact_url(operator)})")
+    return dataclasses.replace(base, model=model.strip(), base_url=wanted, api_key_env="")
 
 
 def judge_one(item: EvalItem, answer: str, prompts: dict[str, str], options: LLMOptions,
@@ -245,6 +264,16 @@ def score_file(path: Path, prompts: dict[str, str], options: LLMOptions, workdir
                    [run_dir / name for name in REPORT_FILES])
 
 
+def staged(run: FileRun) -> FileRun:
+    """`run` with its chart and files copied into a fresh folder under the system's temp folder,
+    for Gradio to take into its cache: the run folder stays where the page never serves from."""
+    if not run.files:
+        return run
+    folder = Path(tempfile.mkdtemp(prefix="belle-eval-webui-download-"))
+    files = [Path(shutil.copyfile(path, folder / path.name)) for path in run.files]
+    return dataclasses.replace(run, chart=run.chart and folder / run.chart.name, files=files)
+
+
 # ---------------------------------------------------------------------------------------------
 # The page
 
@@ -300,9 +329,11 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
         if not answer.strip():
             return error_markdown("paste or generate an answer first")
         key = api_key.strip() or None
-        options = judge_options(judge, model, base_url)
         try:
+            options = judge_options(judge, model, base_url, api_key)
             record = judge_one(item, answer, prompts, options, key)
+        except UsageError as e:
+            return error_markdown(str(e))
         except KeyError as e:
             return error_markdown(str(e.args[0]))
         except LLMError as e:
@@ -317,7 +348,8 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
         key = api_key.strip() or None
         progress((0, None), desc="Judging", unit="answers")
         try:
-            run = score_file(Path(upload), prompts, judge_options(judge, model, base_url), workdir,
+            options = judge_options(judge, model, base_url, api_key)
+            run = score_file(Path(upload), prompts, options, workdir,
                              samples=1 if samples is None else int(samples), api_key=key, prompts_sha1=prompts_sha1,
                              answers_name=Path(upload).name,
                              on_progress=lambda done, total: progress((done, total), desc="Judging", unit="answers"))
@@ -325,6 +357,7 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
             return error_markdown(str(e)), "", None, None
         except LLMError as e:
             return error_markdown(llm_error_message(e, key is not None)), "", None, None
+        run = staged(run)
         return run.status, run.report, run.chart and str(run.chart), [str(path) for path in run.files] or None
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
@@ -332,10 +365,12 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
         with gr.Accordion("Judge", open=True):
             with gr.Row():
                 judge_model = gr.Textbox(judge.model, label="Judge model", elem_id="judge-model")
-                judge_url = gr.Textbox(judge.base_url or "", label="Base URL", placeholder=OPENAI_BASE_URL,
-                                       info="empty: OpenAI's", elem_id="judge-url")
+                judge_url = gr.Textbox(redact_url(judge.base_url) or "", label="Base URL", placeholder=OPENAI_BASE_URL,
+                                       info="empty: OpenAI's; another URL than this one needs your own key",
+                                       elem_id="judge-url")
                 judge_key = gr.Textbox("", type="password", label="API key", elem_id="judge-key",
-                                       info=f"used for each request only, never stored; empty: {key_note}")
+                                       info=f"used for each request only, never stored; "
+                                            f"empty: {key_note}, for the starting base URL only")
         with gr.Tabs():
             with gr.Tab("Single question", id="single"):
                 with gr.Row(equal_height=True):
@@ -390,17 +425,37 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
     return app
 
 
-def launch(app: gr.Blocks, *, workdir: Path, host: str = "127.0.0.1", port: int = 7861, share: bool = False) -> None:
-    """Serve the page at http://HOST:PORT until interrupted; a public gradio.live link only with `share`.
+def serve(app: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7861, share: bool = False,
+          max_upload_mb: float = MAX_UPLOAD_MB) -> tuple[str, str | None]:
+    """Start serving the page at http://HOST:PORT without blocking; (its local URL, its public
+    gradio.live URL with `share`, else None). Uploads above `max_upload_mb` MiB get HTTP 413.
 
-    Gradio's run history is off: it would keep every request's inputs, the key field's too."""
+    No folder is handed to Gradio's file route: the page's downloads are copies Gradio keeps in
+    its cache, under names derived from a per-process secret, so a visitor can fetch the files
+    their own session produced and nothing of the working folder. Gradio's run history is off:
+    it would keep every request's inputs, the key field's too."""
     import gradio as gr
 
     # fonts the browser already has: the default theme's Google Fonts are unreachable on closed networks
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     app.queue(default_concurrency_limit=1)
     _, local_url, share_url = app.launch(server_name=host, server_port=port, share=share, theme=theme, quiet=True,
-                                         prevent_thread_lock=True, run_history=False, allowed_paths=[str(workdir)])
+                                         prevent_thread_lock=True, run_history=False, allowed_paths=[],
+                                         max_file_size=upload_limit_bytes(max_upload_mb))
+    return local_url, share_url
+
+
+def upload_limit_bytes(max_upload_mb: float) -> int:
+    """`max_upload_mb` MiB in bytes; `UsageError` unless it is above 0."""
+    if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+        raise UsageError(f"--max-upload-mb must be above 0, not {max_upload_mb}")
+    return max(1, int(max_upload_mb * 2**20))
+
+
+def launch(app: gr.Blocks, *, workdir: Path, host: str = "127.0.0.1", port: int = 7861, share: bool = False,
+           max_upload_mb: float = MAX_UPLOAD_MB) -> None:
+    """Serve the page (see `serve`) until interrupted."""
+    local_url, share_url = serve(app, host=host, port=port, share=share, max_upload_mb=max_upload_mb)
     print(f"belle eval webui: {local_url}" + (f" (public link: {share_url})" if share_url else "")
           + f"; run folders go to {workdir}", flush=True)
     app.block_thread()
@@ -420,12 +475,13 @@ def webui(
     host: str = "127.0.0.1",
     port: int = 7861,
     share: bool = False,
+    max_upload_mb: float = MAX_UPLOAD_MB,
 ) -> int:
     """Open the scoring page: judge one question's answer, or a whole answers file, in the browser.
 
     The judge's model and base URL start as --judge-model and --judge-base-url and can be edited in
     the page, and so can its API key, which the page never stores (left empty, the key comes from the
-    variable --judge-api-key-env names).
+    variable --judge-api-key-env names, and is sent only to the base URL the page started with).
 
     Args:
         judge: the judge endpoint.
@@ -440,10 +496,12 @@ def webui(
         host: address the page binds; 0.0.0.0 exposes it to the network.
         port: port the page binds.
         share: also open a public gradio.live link (off unless asked).
+        max_upload_mb: the largest answers file the page accepts, in MiB; a larger upload gets HTTP 413.
     """
     problems = judge.problems()
     if problems:
         raise UsageError("; ".join(problems))
+    upload_limit_bytes(max_upload_mb)
     eval_set = eval_set or default_eval_set_path()
     prompts = prompts or default_judge_prompts_path()
     try:
@@ -472,5 +530,5 @@ def webui(
               + (f" · model `{model}`" if model else ""))
     app = build_app(items, judge_prompts, judge, workdir=workdir, engine=engine, params=params,
                     prompts_sha1=file_sha1(prompts), source=source)
-    launch(app, workdir=workdir, host=host, port=port, share=share)
+    launch(app, workdir=workdir, host=host, port=port, share=share, max_upload_mb=max_upload_mb)
     return 0

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from belle.cli import UsageError
-from belle.modeling import weights_bytes
+from belle.data.outputs import write_text_atomic
+from belle.modeling import read_json_object, weights_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def describe_weights(model_dir: str | Path) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_object(path) if path.is_file() else {}
 
 
 # ---- one model, measured in its own process ----------------------------------------------------
@@ -419,9 +420,8 @@ def eval_(
         "models": rows,
     }
     markdown = render_markdown(report)
-    files[0].parent.mkdir(parents=True, exist_ok=True)
-    files[0].write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    files[1].write_text(markdown, encoding="utf-8")
+    write_text_atomic(files[0], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(files[1], markdown)
     print(markdown)
     print(f"wrote {files[0]} and {files[1]}")
     return 0
@@ -440,7 +440,7 @@ def _read_text(path: Path, max_chars: int | None) -> str:
     if max_chars is not None and max_chars < 1:
         raise UsageError(f"--max-chars must be at least 1, not {max_chars}")
     if not path.is_file():
-        raise UsageError(f"--text {path}: no such file")
+        raise UsageError(f"--text {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
     try:
         value = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

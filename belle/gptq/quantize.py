@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from belle.cli import UsageError
+from belle.data.outputs import write_text_atomic
 from belle.gptq.calibration import calibration_samples, is_text_file
-from belle.modeling import read_checkpoint_info, resolve_template, weights_bytes, write_checkpoint_info
+from belle.modeling import (TOKENIZER_FILES, ModelFolderError, check_model_path, read_checkpoint_info, read_json_object,
+                            resolve_template, weights_bytes, write_checkpoint_info)
 from belle.templates import Template, to_jinja
 
 logger = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def quantize(
         **_sizes(model, out),
         "gptqmodel_version": _gptqmodel_version(),
     }
-    (out / QUANTIZE_JSON).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / QUANTIZE_JSON, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     print(
         f"{method} {bits}-bit, group size {group_size}: {len(layers)} layers in {seconds['quantize']:.1f} s"
         f" ({seconds['total']:.1f} s in all); weights {_mb(summary['source_weight_bytes'])} ->"
@@ -224,6 +226,12 @@ def check_arguments(
     problems = []
     if not (model / "config.json").is_file():
         problems.append(f"--model {model}: not a model folder (no config.json)")
+    else:
+        try:
+            read_json_object(model / "config.json")
+            check_model_path(model, TOKENIZER_FILES, "tokenizer")
+        except ModelFolderError as e:
+            problems.append(f"--model {e}")
     if out == model:
         problems.append("--out must be a new folder, not the model folder")
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):

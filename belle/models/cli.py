@@ -40,6 +40,12 @@ def tiny(
 
     if template not in TEMPLATE_NAMES or template == "model":
         raise UsageError(f"--template must be one of {', '.join(t for t in TEMPLATE_NAMES if t != 'model')}")
+    sizes = {"vocab-size": vocab_size, "hidden-size": hidden_size, "intermediate-size": intermediate_size,
+             "layers": layers, "heads": heads, "kv-heads": kv_heads}
+    small = [f"--{flag} {value}" for flag, value in sizes.items() if value < 1]
+    if small:
+        raise UsageError(f"{', '.join(small)}: every size must be at least 1")
+    _check_out(out)
     if hidden_size % heads or heads % kv_heads:
         raise UsageError("--hidden-size must be divisible by --heads, and --heads by --kv-heads")
     build_tiny_model(
@@ -48,6 +54,18 @@ def tiny(
     )
     print(f"tiny model written to {out}")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an `--out` folder holding anything but an earlier tiny model, which is rebuilt."""
+    from belle.cli import UsageError
+    from belle.modeling import read_checkpoint_info
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if read_checkpoint_info(out).get("built_by") != "belle model tiny":
+        raise UsageError(f"--out {out}: a folder with other files in it; belle writes the tiny model only into "
+                         "a new or empty folder, or over an earlier tiny model")
 
 
 VERBS = [tiny, decrypt]

@@ -186,11 +186,31 @@ def original_file(original_dir: Path) -> Path:
     return original
 
 
-def _is_done(out: Path, digest: str, size: int, progress: Progress) -> bool:
-    """Whether `out` already holds `size` bytes with sha256 `digest`."""
-    if not out.is_file() or out.stat().st_size != size:
+def _check_output_folder(out_dir: Path, outputs: dict[Path, int]) -> None:
+    """Refuse, before any work, an output folder that is a file, or outputs whose name is taken by a
+    folder or by a file of another size (`outputs` maps each output path to its decrypted size)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"output folder {out_dir} is a file; name a folder")
+    for out, size in outputs.items():
+        if out.is_dir() or (out.exists() and not out.is_file()):
+            raise UsageError(f"{out} exists and is not a file; move it away or pick another output folder")
+        if out.is_file() and out.stat().st_size != size:
+            raise UsageError(_taken(out))
+
+
+def _taken(out: Path) -> str:
+    return (f"{out} exists and is not the decrypted file (another size or sha256); belle does not overwrite it: "
+            "move it away or pick another output folder")
+
+
+def _is_done(out: Path, digest: str, progress: Progress) -> bool:
+    """Whether `out` exists and holds the decrypted file (sha256 `digest`); an existing file with
+    other contents is refused (`_check_output_folder` has checked its size)."""
+    if not out.exists():
         return False
-    return file_digest(out, progress=progress) == digest
+    if file_digest(out, progress=progress) != digest:
+        raise UsageError(_taken(out))
+    return True
 
 
 def decrypt_folder(
@@ -202,7 +222,8 @@ def decrypt_folder(
 ) -> list[Path]:
     """Decrypt every `*.enc` file in `enc_dir` into `out_dir`, each keyed by the same original LLaMA file.
 
-    Outputs that already exist with the right sha256 are kept (a re-run resumes). Other files in
+    Outputs that already exist with the right sha256 are kept (a re-run resumes); any other file or
+    folder with an output's name is refused with `UsageError`, never overwritten. Other files in
     `enc_dir` (README.md, .gitattributes) are not part of the release format and are left alone.
     `report(output, skipped)` is called after each file. Returns the output paths in name order.
     """
@@ -210,6 +231,7 @@ def decrypt_folder(
     original = original_file(original_dir)
     digests = {enc: expected_digest(enc) for enc in encrypted}
     sizes = {enc: enc.stat().st_size - DIGEST_BYTES for enc in encrypted}
+    _check_output_folder(out_dir, {out_dir / output_name(enc): sizes[enc] for enc in encrypted})
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
     with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, unit_divisor=1024) as bar:
@@ -217,7 +239,7 @@ def decrypt_folder(
             out = out_dir / output_name(enc)
             bar.set_description(out.name)
             start = bar.n
-            skipped = _is_done(out, digests[enc], sizes[enc], bar.update)
+            skipped = _is_done(out, digests[enc], bar.update)
             if not skipped:
                 bar.update(start - bar.n)
                 decrypt_file(enc, original, out, progress=bar.update)

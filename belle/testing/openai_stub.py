@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible HTTP server on 127.0.0.1, for tests and benchmarks (stdlib only).
 
-It answers POST /v1/chat/completions and /v1/completions (not streamed) and GET /v1/models with
-valid OpenAI JSON, so the real `openai` client can talk to it. A test scripts what it says:
+It answers POST /v1/chat/completions and /v1/completions (streamed as server-sent events when
+the request says `"stream": true`) and GET /v1/models with valid OpenAI JSON, so the real `openai`
+client can talk to it. A test scripts what it says:
 
     with serve_stub(["第一个回答", "第二个回答"], faults=[Fault(429, retry_after=0), Fault(hang=2)]) as stub:
         ...  # point a client at stub.url; the first two requests fail, then the replies come in order
@@ -36,18 +37,31 @@ class Fault:
 
     Args:
         status: HTTP status of the error answer (with an OpenAI error body).
-        retry_after: seconds sent in a `Retry-After` header; none: no header.
+        retry_after: seconds sent in a `Retry-After` header, or a string sent as it is ("nan",
+            "soon"); none: no header.
         hang: seconds to wait before answering (longer than the client's timeout: a timeout).
         malformed: answer 200 with `body`, by default text that is not JSON; give `body` as JSON
-            without `choices` for the other kind of broken reply.
+            without `choices` for the other kind of broken reply. In a stream: one event whose
+            data is `body` (by default not JSON), then `[DONE]`.
         body: the answer's body instead of the default one.
+        drip: seconds between bytes: answer 200 with `body` (by default a valid reply "drip")
+            one byte at a time, each read well within any read timeout.
+        length_header: False: send no Content-Length (nor, in a stream, chunked encoding); the
+            body ends when the connection closes.
+        cut: in a stream, send `body` (by default nothing) as deltas, then close the connection
+            without the end of the stream: no `data: [DONE]`, nor the last chunk of chunked encoding.
+
+    A huge reply needs no fault: answer `StubReply("x" * 10_000_000)`.
     """
 
     status: int = 500
-    retry_after: float | None = None
+    retry_after: float | str | None = None
     hang: float = 0.0
     malformed: bool = False
     body: str | None = None
+    drip: float = 0.0
+    length_header: bool = True
+    cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,27 @@ class Stub:
         with self._lock:
             self.in_flight -= 1
 
+    def _stream_events(self, request: dict, answer: StubReply) -> Iterator[str]:
+        """The server-sent events of a streamed `answer`: one chunk per character, the finish reason, `[DONE]`."""
+        chat = request["_path"].endswith("/chat/completions")
+        reply_id = f"{'chatcmpl' if chat else 'cmpl'}-stub-{next(self._ids)}"
+
+        def chunk(text: str | None, finish_reason: str | None) -> str:
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
+            if chat:
+                choice["delta"] = {} if text is None else {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text or ""
+            return "data: " + json.dumps({
+                "id": reply_id, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": request.get("model", self.model), "choices": [choice],
+            }, ensure_ascii=False) + "\n\n"
+
+        for character in answer.text:
+            yield chunk(character, None)
+        yield chunk(None, answer.finish_reason)
+        yield "data: [DONE]\n\n"
+
     def _reply_json(self, request: dict, answer: StubReply) -> str:
         chat = request["_path"].endswith("/chat/completions")
         choice: dict[str, Any] = {"index": 0, "finish_reason": answer.finish_reason, "logprobs": None}
@@ -165,6 +200,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the default backlog of 5 drops SYNs when 32 clients connect at once
     stub: Stub
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up is no error of the stub
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -189,17 +228,48 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests and benchmarks print what matters
 
-    def _send(self, status: int, body: str, retry_after: float | None = None) -> None:
+    def _send(self, status: int, body: str, retry_after: float | str | None = None, *, drip: float = 0.0,
+              length_header: bool = True) -> None:
         data = body.encode("utf-8")
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            if length_header:
+                self.send_header("Content-Length", str(len(data)))
+            else:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             if retry_after is not None:
-                self.send_header("Retry-After", f"{retry_after:g}")
+                self.send_header("Retry-After", retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
             self.end_headers()
-            self.wfile.write(data)
+            if drip:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(drip)
+            else:
+                self.wfile.write(data)
         except OSError:  # the client gave up (a timeout): nothing to answer
+            self.close_connection = True
+
+    def _send_stream(self, events: Iterator[str], *, cut: bool = False, chunked: bool = True) -> None:
+        """Stream `events` as server-sent events, in chunked encoding or until the connection
+        closes; `cut`: close the connection after them, without the last chunk."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding" if chunked else "Connection", "chunked" if chunked else "close")
+            self.end_headers()
+            for event in events:
+                data = event.encode("utf-8")
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n" if chunked else data)
+                self.wfile.flush()
+            if cut or not chunked:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+            else:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client went away (Stop)
             self.close_connection = True
 
     def do_GET(self) -> None:
@@ -228,20 +298,34 @@ class _Handler(BaseHTTPRequestHandler):
         answer = stub._receive(request)
         try:
             time.sleep(stub.latency)
-            if body.get("stream"):
-                self._send(400, _error_body(400, "the stub does not stream; send stream=false"))
-            elif isinstance(answer, Fault):
-                time.sleep(answer.hang)
-                if answer.malformed:
-                    self._send(200, "this is not JSON" if answer.body is None else answer.body)
-                else:
-                    body_text = _error_body(answer.status, "scripted fault") if answer.body is None else answer.body
-                    self._send(answer.status, body_text, answer.retry_after)
+            if isinstance(answer, Fault):
+                self._send_fault(request, answer)
             else:
                 reply = answer if isinstance(answer, StubReply) else StubReply(str(answer))
-                self._send(200, stub._reply_json(request, reply))
+                if body.get("stream"):
+                    self._send_stream(stub._stream_events(request, reply))
+                else:
+                    self._send(200, stub._reply_json(request, reply))
         finally:
             stub._done()
+
+
+    def _send_fault(self, request: dict, fault: Fault) -> None:
+        time.sleep(fault.hang)
+        stub, streamed = self.server.stub, bool(request.get("stream"))
+        if streamed and fault.cut:
+            events = list(stub._stream_events(request, StubReply(fault.body or "")))[:len(fault.body or "")]
+            self._send_stream(iter(events), cut=True, chunked=fault.length_header)
+        elif streamed and fault.malformed:
+            garbage = "this is not JSON" if fault.body is None else fault.body
+            self._send_stream(iter([f"data: {garbage}\n\n", "data: [DONE]\n\n"]))
+        elif fault.malformed or fault.drip:
+            text = fault.body if fault.body is not None else (
+                "this is not JSON" if fault.malformed else stub._reply_json(request, StubReply("drip")))
+            self._send(200, text, drip=fault.drip, length_header=fault.length_header)
+        else:
+            body_text = _error_body(fault.status, "scripted fault") if fault.body is None else fault.body
+            self._send(fault.status, body_text, fault.retry_after, length_header=fault.length_header)
 
 
 @contextmanager

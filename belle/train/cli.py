@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from belle.cli import UsageError, run_verbs, setup_logging
+from belle.cli import UsageError, os_error_message, run_verbs, setup_logging
 from belle.config import ConfigError, config_keys, load_config
 from belle.modeling import DTYPES
 from belle.train.config import TrainConfig
@@ -61,10 +61,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.train")
     setup_logging()
     from belle.train.run import train
 
+    config = None
     try:
         config = load_config(TrainConfig, args.config, args.overrides)
         train(config)
     except (ConfigError, UsageError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        message = os_error_message(e, {"config": args.config, "train": config})
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     return 0

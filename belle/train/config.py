@@ -17,6 +17,7 @@ from belle.tokenization import Overlong
 Stage = Literal["sft", "pt", "dpo"]
 Method = Literal["full", "lora", "qlora"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+RESUME_MODES = ("auto", "never", "force")
 
 # BELLE's lora_config_llama.json: every linear projection of a LLaMA block.
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -199,7 +200,8 @@ class TrainConfig:
     method: Method = "full"
     """full fine-tuning, lora, or qlora (LoRA on a 4-bit base; needs a CUDA GPU)."""
     resume: str = "auto"
-    """auto: continue from the newest complete checkpoint in output_dir; never; or a checkpoint folder."""
+    """auto: continue from the newest complete checkpoint in output_dir, refused when output_dir holds
+    a run with other data or settings; force: the same, even then; never: start over; or a checkpoint folder."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

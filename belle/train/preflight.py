@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from belle.train.checkpoints import checkpoint_step, complete_checkpoints
-from belle.train.config import TrainConfig
+from belle.train.checkpoints import MARKER, checkpoint_step, complete_checkpoints, foreign_checkpoints
+from belle.train.config import RESUME_MODES, TrainConfig
+from belle.train.fingerprint import check_fingerprint
 
 def resolve_precision(precision: str) -> str:
     """`auto` is bf16 on a GPU that supports it, fp16 on other GPUs, and fp32 on CPU."""
@@ -57,16 +58,46 @@ def _check_paths(config: TrainConfig) -> list[str]:
         for name in getattr(config.data, key):
             if not Path(name).exists():
                 problems.append(f"data.{key}: {name} does not exist")
-    if config.resume not in ("auto", "never") and not Path(config.resume).is_dir():
-        problems.append(f"resume: {config.resume} is not a checkpoint folder; use auto, never or a checkpoint-N folder")
+    if config.resume not in RESUME_MODES:
+        if not Path(config.resume).is_dir():
+            problems.append(f"resume: {config.resume} is not a checkpoint folder; use {', '.join(RESUME_MODES)} or a checkpoint-N folder")
+        elif not (Path(config.resume) / MARKER).is_file():
+            problems.append(f"resume: {config.resume} is not a complete belle checkpoint (it has no {MARKER} marker)")
     problems += _check_overwrite(config)
+    problems += _check_foreign(config)
+    problems += check_fingerprint(config)
     return problems
+
+
+def _resumed_step(config: TrainConfig) -> int:
+    """The step this run starts from: that of the checkpoint it resumes, else 0."""
+    if config.resume == "never":
+        return 0
+    if config.resume in RESUME_MODES:
+        complete = complete_checkpoints(config.output_dir)
+        return complete[-1][0] if complete else 0
+    return checkpoint_step(Path(config.resume)) or 0
+
+
+def _check_foreign(config: TrainConfig) -> list[str]:
+    """A `checkpoint-N` folder belle did not write is left alone, unless this run would save into it
+    (N is past the start and a multiple of save_steps, or max_steps): the Trainer would write over it."""
+    t = config.training
+    start = _resumed_step(config)
+    at_risk = [path.name for step, path in foreign_checkpoints(config.output_dir)
+               if step > start and (step % t.save_steps == 0 or step == t.max_steps)]
+    if not at_risk:
+        return []
+    return [
+        f"output_dir: {config.output_dir} holds {', '.join(at_risk)}, not written by belle train (no {MARKER} marker), "
+        f"and this run would save over it; move it away or choose another output_dir"
+    ]
 
 
 def _check_overwrite(config: TrainConfig) -> list[str]:
     """A run writes checkpoint-N folders; an earlier run's complete ones with the same names would be
     overwritten file by file and keep their COMPLETE marker while half-written."""
-    if config.resume == "auto":
+    if config.resume in ("auto", "force"):
         return []
     resumed_at = -1 if config.resume == "never" else checkpoint_step(Path(config.resume))
     if resumed_at is None:

@@ -21,8 +21,9 @@ from belle.dataset import TokenizeStats, load_conversations, rejected_lines, tok
 from belle.modeling import grow_embeddings, load_tokenizer, resolve_template, write_checkpoint_info
 from belle.templates import Template, to_jinja
 from belle.tokenization import collate
-from belle.train.checkpoints import CheckpointCallback, remove_incomplete, resolve_resume
+from belle.train.checkpoints import CheckpointCallback, foreign_checkpoints, remove_incomplete, resolve_resume
 from belle.train.config import TrainConfig
+from belle.train.fingerprint import differences, read_fingerprint, run_fingerprint, write_fingerprint
 from belle.train.preflight import check_run, resolve_precision
 from belle.train.report import ThroughputCallback, write_report
 
@@ -56,6 +57,7 @@ def train(config: TrainConfig) -> Path:
     if args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
+        _record_fingerprint(config)
         report_rejects(data.rejected, output_dir / "data")
     model = load_for_training(config, precision, tokenizer)
     trainer, throughput = build_trainer(config, args, model, tokenizer, data)
@@ -64,6 +66,9 @@ def train(config: TrainConfig) -> Path:
         if args.process_index == 0:
             for path in remove_incomplete(output_dir):
                 logger.warning("removed %s: it was never completed (a run stopped while saving it)", path)
+            for _, path in foreign_checkpoints(output_dir):
+                logger.warning("left %s alone: it has no belle marker (belle train did not write it), so this run "
+                               "neither resumes from it nor removes it", path)
     if resume_from:
         logger.info("resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -81,6 +86,16 @@ def train(config: TrainConfig) -> Path:
         write_report(output_dir, config_to_dict(config), metrics)
         print((output_dir / "summary.md").read_text(encoding="utf-8"))
     return output_dir
+
+
+def _record_fingerprint(config: TrainConfig) -> None:
+    """Store what defines this run in its folder; under resume=force, say what changed first."""
+    new = run_fingerprint(config)
+    old = read_fingerprint(config.output_dir)
+    if old is not None and old != new:
+        logger.warning("resume=force: continuing %s with other data or settings:\n  %s",
+                       config.output_dir, "\n  ".join(differences(old, new)))
+    write_fingerprint(config.output_dir, new)
 
 
 def _final_eval(trainer: Any) -> dict[str, Any]:
@@ -166,27 +181,43 @@ def prepare_data(config: TrainConfig, tokenizer: Any, template: Template) -> Tra
         raise UsageError(str(e)) from None
     rejected = rejected_lines(train_records) + (rejected_lines(eval_records) if eval_records is not None else [])
     if d.validation_split:
-        split = train_records.train_test_split(test_size=d.validation_split, seed=config.training.seed)
-        train_records, eval_records = split["train"], split["test"]
+        train_records, eval_records = _split(train_records, d.validation_split, config.training.seed, d.train_files)
     encode = dict(
         tokenizer=tokenizer, template=template, max_length=d.max_length, overlong=d.overlong,
         pack=d.pack, num_proc=d.num_proc, documents=config.stage == "pt",
     )
     train_set, stats = tokenize_dataset(train_records, **encode)
-    _require_samples(stats, "data.train_files", d.max_length)
+    _require_samples(stats, "data.train_files", d.train_files, d.max_length)
     eval_set, eval_stats = tokenize_dataset(eval_records, **encode) if eval_records is not None else (None, None)
     if eval_stats is not None:
-        _require_samples(eval_stats, "data.validation_files" if d.validation_files else "data.validation_split", d.max_length)
+        eval_key, eval_files = ("data.validation_files", d.validation_files) if d.validation_files else ("data.validation_split", d.train_files)
+        _require_samples(eval_stats, eval_key, eval_files, d.max_length)
     logger.info("training data:\n%s", stats.summary())
     summary = {**stats.to_dict(), "eval": eval_stats.to_dict() if eval_stats else None}
     return TrainData(train_set, eval_set, summary, rejected)
 
 
-def _require_samples(stats: TokenizeStats, key: str, max_length: int) -> None:
-    if stats.samples == 0:
-        reasons = {**stats.rejected, **stats.dropped}
-        why = ", ".join(f"{reason}: {n}" for reason, n in reasons.items()) or "no records"
-        raise UsageError(f"{key}: no sample has a trained token at max_length {max_length} ({stats.records} records; {why})")
+def _split(records: Any, fraction: float, seed: int, files: list[str]) -> tuple[Any, Any]:
+    """(train, held out) records; too few records to hold any out is a usage error."""
+    if len(records) == 0:
+        raise UsageError(f"data.train_files ({', '.join(files)}): no sample to train on: the files hold no records")
+    try:
+        split = records.train_test_split(test_size=fraction, seed=seed)
+    except ValueError as e:
+        raise UsageError(f"data.validation_split: {fraction} of {len(records)} records leaves no record on one side ({e})") from None
+    return split["train"], split["test"]
+
+
+def _require_samples(stats: TokenizeStats, key: str, files: list[str], max_length: int) -> None:
+    """One sentence naming the files and why each record was left out, when none is left."""
+    if stats.samples:
+        return
+    where = f"{key} ({', '.join(files)})"
+    if stats.records == 0:
+        raise UsageError(f"{where}: no sample to train on: the files hold no records")
+    why = "; ".join(f"{kind} {sum(counts.values())} ({', '.join(f'{r}: {n}' for r, n in counts.items())})"
+                    for kind, counts in (("rejected", stats.rejected), ("dropped", stats.dropped)) if counts)
+    raise UsageError(f"{where}: no sample to train on at max_length {max_length}: of {stats.records} records, {why}")
 
 
 def _preference_data(config: TrainConfig, policy: str) -> TrainData:
@@ -195,7 +226,7 @@ def _preference_data(config: TrainConfig, policy: str) -> TrainData:
     d = config.data
     train_set, report = load_preference_pairs(d.train_files, policy)
     if len(train_set) == 0:
-        raise UsageError(f"data.train_files: no usable preference pair ({report.summary()})")
+        raise UsageError(f"data.train_files ({', '.join(d.train_files)}): no usable preference pair ({report.summary()})")
     eval_set, rejected = None, list(report.lines)
     if d.validation_files:
         eval_set, eval_report = load_preference_pairs(d.validation_files, policy)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from belle.cli import UsageError
+from belle.data.outputs import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +307,8 @@ def extend(*, base: Path, corpus: list[Path], vocab_size: int, out: Path, heldou
     """
     from belle.modeling import load_tokenizer
 
+    if vocab_size < 1:
+        raise UsageError(f"--vocab-size must be at least 1, not {vocab_size}")
     _check_folders(base, out)
     train, held, heldout_lines = _split(corpus, heldout)
     tokenizer = load_tokenizer(base)
@@ -320,6 +323,6 @@ def extend(*, base: Path, corpus: list[Path], vocab_size: int, out: Path, heldou
     new_tokenizer.save_pretrained(out)
     _write_checkpoint_info(base, out, len(added), len(new_tokenizer))
     report = _report(base, corpus, vocab_size, tokenizer, new_tokenizer, added, heldout, held, heldout_lines)
-    (out / REPORT_JSON).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / REPORT_JSON, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     _print_report(report)
     return 0

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import gradio as gr
-import httpx
-import openai
 import psutil
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from belle.chat.backends import BackendError, RemoteBackend
 from belle.chat.web import build_app, to_messages
+from belle.testing.openai_stub import Fault, serve_stub
 from belle.generation import GenerationParams, PromptTooLong
 
 QUESTION = "你好，请介绍一下北京的历史和美食。"
@@ -130,13 +130,29 @@ def test_stop_closes_the_backend_stream():
 
 @pytest.mark.parametrize("error, shown", [
     (PromptTooLong(3000, 2048, 512), "cannot reply: the prompt (3000 tokens) plus the reply (512 tokens reserved)"),
-    (openai.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")),
-     "the model server failed: Connection error."),
+    (BackendError("Connection error (All connection attempts failed)"),
+     "the model server failed: Connection error (All connection attempts failed)"),
 ], ids=["prompt-too-long", "server-error"])
 def test_backend_errors_are_messages(error, shown):
     _, chat = chat_fn(FakeBackend(error=error))
     with pytest.raises(gr.Error, match=re.escape(shown)):
         list(chat("问题", [], "", 0.1, 0.75, 40, 1.2, 512))
+
+
+def test_a_cut_or_garbled_stream_from_a_server_ends_in_a_note():
+    with serve_stub([Fault(cut=True, body="半句话"), Fault(malformed=True, body="{not json"), "完整"]) as stub:
+        _, chat = chat_fn(RemoteBackend(stub.url))
+        cut = list(chat("一", [], "", 0.1, 0.75, 40, 1.2, 512))
+        garbled = list(chat("二", [], "", 0.1, 0.75, 40, 1.2, 512))
+        history = [{"role": "user", "content": "一"}, {"role": "assistant", "content": cut[-1]},
+                   {"role": "user", "content": "二"}, {"role": "assistant", "content": garbled[-1]}]
+        assert list(chat("三", history, "", 0.1, 0.75, 40, 1.2, 512))[-1] == "完整"
+    assert cut[:3] == ["半", "半句", "半句话"]
+    assert cut[-1].startswith("半句话\n\n[reply cut off: the connection closed before the end")
+    assert garbled == ["[reply cut off: the server sent a line that is not JSON: '{not json']"]
+    assert stub.requests[2]["messages"] == [{"role": "user", "content": "一"}, {"role": "assistant", "content": "半句话"},
+                                            {"role": "user", "content": "二"}, {"role": "assistant", "content": ""},
+                                            {"role": "user", "content": "三"}]
 
 
 def test_bad_settings_are_an_error_message():
@@ -216,8 +232,8 @@ def test_remote_backend(web_remote):
     assert chat_parameters(web_remote)["max_new_tokens"]["parameter_default"] == 8
     chat = client(web_remote)
     reply = chat.predict(QUESTION, **GREEDY, api_name="/chat")
-    assert isinstance(reply, str) and reply.strip()
-    with pytest.raises(AppError, match="the model server failed: Error code: 400"):
+    assert isinstance(reply, str) and reply.strip() and "reply cut off" not in reply  # the stream ended with [DONE]
+    with pytest.raises(AppError, match="the model server failed: HTTP 400: "):
         chat.predict(QUESTION, max_new_tokens=4096, api_name="/chat")
 
 

@@ -152,6 +152,22 @@ def test_code_blocks_do_not_make_a_chinese_answer_english():
         "I am ChatGPT, a large language model trained by OpenAI.",
         "I'm a language model developed by OpenAI.",
         "I am based on the GPT-3.5 architecture.",
+        # GPT模型 / ChatGPT / OpenAI开发、训练、创建 as the speaker's own identity
+        "作为一个由OpenAI开发的GPT模型，我可以帮你写代码。",
+        "作为一个GPT模型，我没有情感。",
+        "作为ChatGPT，我无法浏览网页。",
+        "身为OpenAI训练的AI，我不能访问实时信息。",
+        "作为OpenAI创建的语言模型, 我会尽力回答。",
+        "我由OpenAI训练，无法访问实时信息。",
+        "我是由OpenAI创建的AI助手。",
+        "我是OpenAI开发的GPT模型。",
+        "我只是一个GPT模型，没有个人观点。",
+        "As an AI language model developed by OpenAI, I don't have opinions.",
+        "As ChatGPT, I cannot browse the web.",
+        "As a GPT model, I don't have feelings.",
+        "As a language model trained by OpenAI, I can't see images.",
+        "I'm a GPT-based language model.",
+        "I was developed by OpenAI.",
     ],
 )
 def test_claims_gpt_identity(answer):
@@ -171,6 +187,17 @@ def test_claims_gpt_identity(answer):
         "I am going to explain how GPT works.",
         "As a language model, GPT-4 can write code.",
         "作为一个AI助手，我建议你早点休息。",
+        # explanations about GPT, or a speaker who is not the model
+        "GPT模型是一种神经网络，它通过预测下一个词来生成文本。",
+        "作为一种GPT模型，ChatGPT可以生成流畅的文本。",
+        "作为一个GPT模型的使用者，我觉得它很好用。",
+        "作为OpenAI的一名工程师，我参与了GPT-4的训练。",
+        "OpenAI开发了GPT模型，它能够回答问题。",
+        "As GPT models grow larger, I think they become more useful.",
+        "As a GPT model user, I find it helpful.",
+        "As ChatGPT becomes popular, I see more people using it.",
+        "As a model trained by OpenAI, GPT-4 can write code.",
+        "I am a GPT enthusiast and read every paper about it.",
     ],
 )
 def test_talking_about_gpt_is_not_a_claim(answer):

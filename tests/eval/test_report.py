@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from belle.conversation import DataError
+from belle.eval.cli import main as eval_main
 from belle.eval.report import (ClassResult, RunReport, bootstrap_ci, build_report, item_scores,
                                report_markdown, write_report)
 
@@ -148,6 +149,30 @@ def test_equal_scores_give_a_zero_width_interval(tmp_path):
     lines = judgment_lines([(f"i{k}", "rewrite", (0.8, 0.8)) for k in range(5)])
     result = build_report(write_run(tmp_path / "r", lines)).classes["rewrite"]
     assert result.ci_low == result.ci_high == result.mean == 0.8
+
+
+def test_a_class_of_equal_scores_is_reported_and_plotted(tmp_path, capsys):
+    # the mean of three 0.8s is 0.8000000000000002, a hair above the zero-width interval [0.8, 0.8]:
+    # its error bar came out negative and matplotlib refused to draw the chart
+    lines = judgment_lines([(f"i{k}", "rewrite", (0.8,)) for k in range(3)] + [("m1", "math", (0.5,))])
+    run_dir = write_run(tmp_path / "r", lines)
+    result = build_report(run_dir).classes["rewrite"]
+    assert result.mean > result.ci_high == result.ci_low == 0.8
+    assert eval_main(["report", str(run_dir)]) == 0
+    assert "| rewrite | 0.800 [0.800, 0.800] (n=3) |" in capsys.readouterr().out
+    assert (run_dir / "report.png").stat().st_size > 10_000
+    assert sorted(p.name for p in run_dir.iterdir()) == ["judgments.jsonl", "report.json", "report.md", "report.png"]
+
+
+def test_a_failed_write_leaves_the_old_report_whole(tmp_path, run_b):
+    write_report([build_report(run_b, bootstrap=0)], run_b)
+    before = {name: (run_b / name).read_bytes() for name in ("report.json", "report.md")}
+    broken = build_report(run_b, bootstrap=0)
+    broken.model = "\ud800"  # a lone surrogate: UTF-8 cannot encode it, so the write fails midway
+    with pytest.raises(UnicodeEncodeError):
+        write_report([broken], run_b)
+    assert {name: (run_b / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in run_b.iterdir()) == ["judgments.jsonl", "report.json", "report.md", "report.png"]
 
 
 def test_two_runs_side_by_side(tmp_path, run_a, run_b):

@@ -17,8 +17,6 @@ import pytest
 from belle.cli import UsageError
 from belle.conversation import DataError
 from belle.eval.cli import main as eval_main
-from belle.eval.evalset import default_eval_set_path, read_eval_set
-from belle.eval.judging import default_judge_prompts_path, read_judge_prompts
 from belle.eval.webui import (
     ALL, class_choices, fenced, items_of_class, judge_one, judge_options, llm_error_message, question_choices,
     question_text, score_file, shuffle_pick, stream_replies, verdict_markdown,
@@ -36,16 +34,6 @@ NO_SCORE = "我无法判断这个回答。"
 def judge_reply(request: dict) -> str:
     """The stub judge: no score for an answer containing NOSCORE, else 0.7 with `REASON`."""
     return NO_SCORE if "NOSCORE" in request["messages"][-1]["content"] else f"{REASON}\n得分: 0.7"
-
-
-@pytest.fixture(scope="module")
-def items():
-    return read_eval_set(default_eval_set_path())
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return read_judge_prompts(default_judge_prompts_path())
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +121,11 @@ def test_fences_outlast_backticks_inside():
 
 def test_judge_options_come_from_the_page():
     base = LLMOptions(model="gpt-4o", base_url="https://example.com/v1", cache="off", concurrency=3)
-    options = judge_options(base, " judge-2 ", "  ")
-    assert (options.model, options.base_url, options.cache, options.concurrency) == ("judge-2", None, "off", 3)
+    options = judge_options(base, " judge-2 ", "https://example.com/v1/ ")
+    assert (options.model, options.base_url, options.cache, options.concurrency) == \
+        ("judge-2", "https://example.com/v1", "off", 3)
+    options = judge_options(base, "judge-2", "  ", api_key="sk-visitor")  # empty: OpenAI's, with the visitor's key
+    assert (options.base_url, options.api_key_env) == ("https://api.openai.com/v1", "")
 
 
 def test_judge_one_uses_the_typed_key_or_the_environment(items, prompts, stub, monkeypatch):

@@ -156,7 +156,7 @@ def test_decrypt_folder_end_to_end_and_resume(tmp_path: Path, small_blocks: int,
     for name, plain in plains.items():
         assert (out_dir / name).read_bytes() == plain
 
-    (out_dir / "tokenizer.model").write_bytes(b"\0" * len(plains["tokenizer.model"]))
+    (out_dir / "tokenizer.model").unlink()
     redone: list[Path] = []
     real = dec.decrypt_file
 
@@ -171,6 +171,37 @@ def test_decrypt_folder_end_to_end_and_resume(tmp_path: Path, small_blocks: int,
     assert redone == [out_dir / "tokenizer.model"]
     assert dict(reported) == {name: name != "tokenizer.model" for name in plains}
     assert (out_dir / "tokenizer.model").read_bytes() == plains["tokenizer.model"]
+
+
+@pytest.mark.parametrize("size", ["same", "other"])
+def test_decrypt_folder_refuses_to_overwrite_another_file(tmp_path: Path, small_blocks: int, size: str) -> None:
+    enc_dir, original_dir, plains = make_release(tmp_path, small_blocks)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    theirs = b"\0" * len(plains["tokenizer.model"]) if size == "same" else b"mine"
+    (out_dir / "tokenizer.model").write_bytes(theirs)
+
+    with pytest.raises(UsageError, match=r"tokenizer\.model exists and is not the decrypted file"):
+        dec.decrypt_folder(enc_dir, original_dir, out_dir)
+
+    assert (out_dir / "tokenizer.model").read_bytes() == theirs
+
+
+def test_decrypt_folder_refuses_a_folder_with_an_output_name(tmp_path: Path, small_blocks: int) -> None:
+    enc_dir, original_dir, _ = make_release(tmp_path, small_blocks)
+    out_dir = tmp_path / "out"
+    (out_dir / "config.json").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"config\.json exists and is not a file"):
+        dec.decrypt_folder(enc_dir, original_dir, out_dir)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json"]
+
+
+def test_decrypt_folder_refuses_an_output_folder_that_is_a_file(tmp_path: Path, small_blocks: int) -> None:
+    enc_dir, original_dir, _ = make_release(tmp_path, small_blocks)
+    (tmp_path / "out").write_text("notes")
+    with pytest.raises(UsageError, match="is a file"):
+        dec.decrypt_folder(enc_dir, original_dir, tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "notes"
 
 
 def test_decrypt_folder_accepts_the_original_file(tmp_path: Path, small_blocks: int) -> None:

@@ -45,9 +45,10 @@ def snapshot(folder):
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(train, tiny_model_dir, tmp_path):
     """With 216 samples (108 steps an epoch) the kill after checkpoint 10 lands mid-epoch and
-    before the final save. The restart (resume=auto) ignores a half-written checkpoint-999 without
-    COMPLETE, keeps the earlier checkpoints as they were, and finishes with the same per-step losses
-    and the same weights as a run that was never interrupted."""
+    before the final save. The restart (resume=auto) removes a half-written checkpoint-999 that belle
+    marked IN_PROGRESS, leaves a foreign checkpoint-7 (no belle marker) alone, keeps the earlier
+    checkpoints as they were, and finishes with the same per-step losses and the same weights as a
+    run that was never interrupted."""
     base = read_jsonl(SAMPLES / "belle_conversations.jsonl")
     data = write_jsonl(tmp_path / "data.jsonl", [{**r, "id": f"{r['id']}-{k}"} for k in range(9) for r in base])
     settings = (*SETTINGS, f"data.train_files={files_list(data)}")
@@ -62,10 +63,16 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(train, tiny_model_dir
     junk.mkdir()
     (junk / "model.safetensors").write_bytes(b"half-written")
     (junk / "trainer_state.json").write_text('{"global_step": 999')
+    (junk / "IN_PROGRESS").write_text("{}")
+    foreign = resumed / "checkpoint-7"
+    foreign.mkdir()
+    (foreign / "trainer_state.json").write_text('{"global_step": 7}')
     kept = snapshot(resumed / "checkpoint-5")
 
-    train(resumed, *settings, "resume=auto")
+    rerun = train(resumed, *settings, "resume=auto")
     assert snapshot(resumed / "checkpoint-5") == kept, "checkpoint-5 was rewritten: the rerun started over instead of resuming"
+    assert not junk.exists()
+    assert (foreign / "trainer_state.json").read_text() == '{"global_step": 7}' and f"left {foreign} alone" in rerun.stderr
     assert (resumed / "checkpoint-30" / "COMPLETE").is_file()
     assert_same_losses(losses_by_step(straight), losses_by_step(resumed), atol=1e-5)
     assert sorted(losses_by_step(resumed)) == list(range(1, 31))
