@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from belle.cli import UsageError
 from belle.conversation import DataError
@@ -300,8 +301,15 @@ def score_answer(page, answer: str, key: str = "") -> str:
 
 def score_upload(page, path: Path, samples: int = 1, key: str = "") -> None:
     page.get_by_role("tab", name="Answers file").click()
-    page.locator("#answers-file input[type=file]").set_input_files(str(path))
-    page.locator("#answers-file", has_text=path.name).wait_for()
+    shown = page.locator("#answers-file", has_text=path.name)
+    for attempt in range(3):  # a file set before the tab's component listens for it is dropped (seen under load)
+        page.locator("#answers-file input[type=file]").set_input_files(str(path))
+        try:
+            shown.wait_for(timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     page.locator("#samples input").fill(str(samples))
     page.locator("#judge-key input").fill(key)
     page.locator("#score-file").click()
