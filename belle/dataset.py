@@ -39,6 +39,8 @@ class TokenizeStats:
     max_length: int | None = None
     rows: int | None = None
     packing_efficiency: float | None = None
+    notes: list[str] = field(default_factory=list)
+    """One sentence per choice made for the user, e.g. documents left unpacked for an architecture that cannot pack."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +56,7 @@ class TokenizeStats:
         if self.rows is not None:
             lines.append(f"packed rows:    {self.rows} of {self.max_length} tokens")
             lines.append(f"packing efficiency: {self.packing_efficiency:.1%} of slots hold a sample's token")
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -147,12 +150,11 @@ def tokenize_dataset(
 
     Unpacked rows have `id`, `input_ids`, `labels`; packed rows have `ids`, `input_ids`, `labels` and
     `position_ids`. Best-fit packing works within windows of `pack_window` samples. With `documents`
-    (continued pretraining), each record is one text, trained on every token, chunked to
-    `max_length` and always packed.
+    (continued pretraining), each record is one text, trained on every token, and chunked to
+    `max_length`; the chunks are packed when `pack` is set, else each is one unpacked sample.
     """
     if (pack or documents) and not max_length:
-        raise ValueError("packing needs max_length")
-    pack = pack or documents
+        raise ValueError("packing and documents need max_length")
     encoder, encoder_kwargs = (
         (encode_document_columns, {"tokenizer": tokenizer, "max_length": max_length})
         if documents
@@ -166,7 +168,7 @@ def tokenize_dataset(
         encoder,
         batched=True,
         batch_size=batch_size,
-        num_proc=num_proc,
+        num_proc=_workers(num_proc, len(kept), batch_size),
         remove_columns=kept.column_names,
         features=_features(packed=False),
         fn_kwargs=encoder_kwargs,
@@ -180,7 +182,7 @@ def tokenize_dataset(
             pack_columns,
             batched=True,
             batch_size=pack_window,
-            num_proc=num_proc,
+            num_proc=_workers(num_proc, len(samples), pack_window),
             remove_columns=samples.column_names,
             features=_features(packed=True),
             fn_kwargs={"max_length": max_length},
@@ -191,6 +193,18 @@ def tokenize_dataset(
     if pack:
         stats.packing_efficiency = stats.tokens / (stats.rows * max_length) if stats.rows else 0.0
     return samples, stats
+
+
+def _workers(num_proc: int | None, rows: int, rows_per_batch: int) -> int | None:
+    """Processes for a batched `map` over `rows` rows: no more than it has batches (each process
+    packs only the samples it holds, so splitting one packing window would leave rows half empty),
+    nor than the CPUs this process may use."""
+    import os
+
+    if not num_proc:
+        return None
+    workers = min(num_proc, -(-rows // rows_per_batch), len(os.sched_getaffinity(0)))
+    return workers if workers > 1 else None
 
 
 def _arrow_batches(dataset: Any, batch_size: int = 10_000) -> Iterator[Any]:

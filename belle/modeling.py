@@ -2,8 +2,9 @@
 
 `load_model` loads a full model, a base plus LoRA adapter (or an adapter folder alone), or a GPTQ
 folder, always through safetensors and with `trust_remote_code` off unless asked. `build_tiny_model`
-makes a small random LLaMA and a byte-level BPE tokenizer trained on our bundled Chinese and English
-text, saved as a normal Hugging Face folder, in seconds and without any download.
+makes a small random model of any family in `belle.architectures` and a tokenizer trained on our
+bundled Chinese and English text, saved as a normal Hugging Face folder, in seconds and without any
+download.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
+def model_type(model_dir: str | Path) -> str | None:
+    """The `model_type` in a model folder's config.json; None when the folder has no config.json."""
+    path = Path(model_dir) / "config.json"
+    return read_json_object(path).get("model_type") if path.is_file() else None
+
+
 def write_checkpoint_info(model_dir: str | Path, template: str, **extra: Any) -> None:
     info = {"belle_version": __version__, "template": template, **extra}
     write_text_atomic(Path(model_dir) / BELLE_JSON, json.dumps(info, ensure_ascii=False, indent=2))
@@ -100,8 +107,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_si
     """Load a tokenizer whose pad token differs from EOS.
 
     A model trained with pad == EOS never learns to stop, since EOS positions look like padding
-    (BELLE's FAQ). When they coincide or pad is missing, `<unk>` becomes pad if it exists, else a new
-    `<pad>` token is added; `load_model(..., tokenizer=...)` then grows the embeddings to match.
+    (BELLE's FAQ). When they coincide or pad is missing, `<unk>` becomes pad if it exists (LLaMA's
+    SentencePiece tokenizer, which has no pad: the embeddings keep their size, and byte fallback means
+    no text encodes to `<unk>`, so pad never stands for text), else a new `<pad>` token is added;
+    `load_model(..., tokenizer=...)` then grows the embeddings to match.
     """
     from transformers import AutoTokenizer
 
@@ -258,6 +267,63 @@ def train_bpe_tokenizer(lines: list[str], vocab_size: int, special_tokens: list[
     return tokenizer
 
 
+TOKENIZER_KINDS = ("bpe", "sentencepiece")
+
+
+def train_sentencepiece_tokenizer(lines: list[str], vocab_size: int) -> Any:
+    """A LLaMA-style `tokenizers.Tokenizer`: BPE over `▁`-prefixed words with byte fallback, BOS
+    added in front, and no pad token, the shape of the SentencePiece tokenizer BELLE-LLaMA uses.
+
+    As in LLaMA's vocabulary, `<unk>`, `<s>` and `</s>` take ids 0-2 and are the only special
+    tokens; the 256 byte pieces `<0x00>` ... `<0xFF>` take ids 3-258 as ordinary pieces (so
+    `decode(..., skip_special_tokens=True)` keeps the characters they spell), and no text is unknown.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(bytes_), min_frequency=2, special_tokens=specials,
+                                  show_progress=False)
+    trained.train_from_iterator(lines, trainer)
+    spec = json.loads(trained.to_str())["model"]
+    pieces = list(dict.fromkeys([*specials, *bytes_, *sorted(spec["vocab"], key=spec["vocab"].get)]))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["merges"]]
+    tokenizer = Tokenizer(models.BPE({piece: i for i, piece in enumerate(pieces)}, merges, unk_token="<unk>",
+                                     byte_fallback=True, fuse_unk=True))
+    tokenizer.add_special_tokens(specials)
+    tokenizer.pre_tokenizer = trained.pre_tokenizer
+    tokenizer.decoder = decoders.Sequence([
+        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
+    ])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
+    return tokenizer
+
+
+def _tiny_tokenizer(kind: str, vocab_size: int, max_length: int) -> Any:
+    """The tiny model's tokenizer: byte-level BPE with a distinct pad and the chat markers as single
+    tokens (`bpe`), or LLaMA's shape without a pad (`sentencepiece`)."""
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "sentencepiece":
+        backend = train_sentencepiece_tokenizer(tiny_corpus_documents(), vocab_size)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                       model_max_length=max_length)
+    backend = train_bpe_tokenizer(tiny_corpus_documents(), vocab_size, TINY_SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens=TINY_SPECIAL_TOKENS[4:],
+        model_max_length=max_length,
+    )
+
+
 def build_tiny_model(
     out_dir: str | Path,
     vocab_size: int = 4096,
@@ -269,46 +335,35 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     template: str = "belle",
     seed: int = 0,
+    arch: str = "llama",
+    tokenizer_kind: str = "bpe",
 ) -> Path:
-    """Build and save a random LLaMA with a BPE tokenizer trained on the bundled corpus.
+    """Build and save a small random model of family `arch` (see `belle.architectures.FAMILIES`)
+    with a tokenizer trained on the bundled corpus (`tokenizer_kind`: one of `TOKENIZER_KINDS`).
 
-    The defaults give about 1.3M parameters (embeddings 2 x 3471 x 128: the bundled corpus runs out
-    of BPE merges at 3,471 pieces, below `vocab_size`; two layers), which trains on a laptop CPU at
-    hundreds of steps per minute. Returns `out_dir`.
+    The defaults give a LLaMA of about 1.3M parameters (embeddings 2 x 3471 x 128: the bundled
+    corpus runs out of BPE merges at 3,471 pieces, below `vocab_size`; two layers), which trains on
+    a laptop CPU at hundreds of steps per minute. Families with tied embeddings (BLOOM, Gemma 2)
+    keep them tied, as their real checkpoints do. Returns `out_dir`.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
+
+    from belle.architectures import TinySizes, tiny_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backend = train_bpe_tokenizer(tiny_corpus_documents(), vocab_size, TINY_SPECIAL_TOKENS)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens=TINY_SPECIAL_TOKENS[4:],
-        model_max_length=max_position_embeddings,
-    )
+    tokenizer = _tiny_tokenizer(tokenizer_kind, vocab_size, max_position_embeddings)
     tokenizer.chat_template = to_jinja(get_template(template))
     tokenizer.save_pretrained(out)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    sizes = TinySizes(len(tokenizer), hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
+                      max_position_embeddings)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+    config = tiny_config(arch, sizes, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=pad_id)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = pad_id
     model.save_pretrained(out, safe_serialization=True)
     write_checkpoint_info(out, template, built_by="belle model tiny", seed=seed)
     return out

@@ -6,8 +6,13 @@ same way. For the `belle` template, a user turn with the reply header is one pie
 `"Human: \\n" + content + "\\n\\nAssistant: \\n"`, and an assistant turn is `content + EOS`.
 
 Every template also emits an equivalent Jinja `chat_template`, saved into `tokenizer_config.json`,
-so `apply_chat_template`, vLLM and TGI render the same text as `render_text`. The `model` template
-goes the other way: it uses a tokenizer's own Jinja and derives the pieces from it.
+so `apply_chat_template`, vLLM and TGI render the same text as `render_text`. They tokenize that
+text as one string, which gives training's tokens with a byte-level BPE tokenizer (special tokens
+split the turns) but not with a SentencePiece (Metaspace) one: encoding each piece alone starts it
+with `▁`, a whole string only at its start, so a served multi-turn prompt lacks the `▁` before each
+later turn that training saw (a first turn agrees). belle's own engine encodes prompts piece by
+piece (`encode_prompt`). The `model` template goes the other way: it uses a tokenizer's own Jinja
+and derives the pieces from it.
 """
 
 from __future__ import annotations

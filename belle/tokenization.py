@@ -160,7 +160,8 @@ def collate(rows: Sequence[dict[str, list[int]]], pad_token_id: int, pad_to_mult
 
     Unpacked rows get an `attention_mask`. Packed rows (with `position_ids`) get none: the padding
     becomes one more sample whose positions restart at 0, and transformers derives the block-diagonal
-    mask from `position_ids` alone, but only when no KV cache is built. The default `use_cache=True`
+    mask from `position_ids` alone, but only for architectures that take positions from them (not
+    ALiBi: BLOOM; see `belle.train.packing`) and only when no KV cache is built. The default `use_cache=True`
     would let every token attend across samples, so packed batches carry `use_cache=False`.
     """
     import torch

@@ -43,11 +43,15 @@ def test_pipeline_matches_direct_encoding_and_counts_everything(data_file, token
                                              f"{data_file}:10: no assistant turn"]
 
 
-def test_two_processes_give_the_same_rows_as_one(data_file, tokenizer):
-    one, _ = tokenize_dataset(load_conversations(data_file), tokenizer, BELLE, max_length=80, pack=True)
-    two, _ = tokenize_dataset(load_conversations(data_file), tokenizer, BELLE, max_length=80, pack=True, num_proc=2)
+@pytest.mark.parametrize("num_proc", [2, 16])
+def test_several_processes_give_the_same_rows_as_one(data_file, tokenizer, num_proc):
+    """Processes beyond the CPUs, or beyond one per packing window, would each pack their own few
+    samples into half-empty rows (pt.yaml's num_proc 16 on a small corpus: one row per sample)."""
+    one, one_stats = tokenize_dataset(load_conversations(data_file), tokenizer, BELLE, max_length=80, pack=True)
+    many, many_stats = tokenize_dataset(load_conversations(data_file), tokenizer, BELLE, max_length=80, pack=True,
+                                        num_proc=num_proc)
     rows = lambda ds: sorted((r["ids"], r["input_ids"], r["position_ids"]) for r in ds)
-    assert rows(one) == rows(two)
+    assert rows(one) == rows(many) and one_stats.rows == many_stats.rows
 
 
 def test_packing_stats_and_rows(data_file, tokenizer):

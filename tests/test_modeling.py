@@ -114,3 +114,17 @@ def test_dtype_resolution():
     assert resolve_dtype("bfloat16") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
         resolve_dtype("fp8")
+
+
+def test_sentencepiece_tokenizer_has_llamas_layout():
+    """Ids 0-2 are `<unk>`, `<s>`, `</s>` (the only special tokens), 3-258 the byte pieces, as in
+    LLaMA's vocabulary; BOS is added, and text outside the vocabulary is spelled in bytes."""
+    from belle.modeling import tiny_corpus_documents, train_sentencepiece_tokenizer
+
+    tok = train_sentencepiece_tokenizer(tiny_corpus_documents()[:20], 600)
+    assert [tok.id_to_token(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<0x00>"]
+    assert tok.id_to_token(258) == "<0xFF>"
+    assert [t.content for t in tok.get_added_tokens_decoder().values() if t.special] == ["<unk>", "<s>", "</s>"]
+    encoding = tok.encode("hi 🦄")
+    assert encoding.tokens[0] == "<s>" and encoding.tokens[-4:] == ["<0xF0>", "<0x9F>", "<0xA6>", "<0x84>"]
+    assert tok.decode(encoding.ids) == "hi 🦄"

@@ -25,6 +25,7 @@ TRICKY = [
     [{"role": "user", "content": "Say hi "}, {"role": "assistant", "content": " Hi there!  "}],
     [{"role": "user", "content": "emoji 🙂?"}, {"role": "assistant", "content": "🙂🙂 yes"},
      {"role": "user", "content": "Assistant: trick"}, {"role": "assistant", "content": "Human: \nno"}],
+    [{"role": "user", "content": "生僻字：龘、鱻、靐 🦄"}, {"role": "assistant", "content": "  龘🦄鱻 ok  "}],
 ]
 
 
@@ -46,20 +47,12 @@ def belle_reference(conversation: dict, tokenizer) -> tuple[list[int], list[int]
 
 
 @pytest.fixture(scope="module")
-def metaspace_tokenizer():
-    """A LLaMA-style tokenizer: BPE over pieces with a `▁` word prefix, as SentencePiece has."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def metaspace_tokenizer(tmp_path_factory):
+    """The tokenizer `belle model tiny --tokenizer sentencepiece` ships, loaded as belle loads it:
+    LLaMA's shape (`▁` word prefix, byte fallback, BOS added, no pad of its own)."""
+    from belle.modeling import build_tiny_model, load_tokenizer
 
-    from belle.modeling import tiny_corpus_documents
-
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    backend.train_from_iterator(
-        tiny_corpus_documents(), trainers.BpeTrainer(vocab_size=3000, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>")
+    return load_tokenizer(build_tiny_model(tmp_path_factory.mktemp("sp") / "model", tokenizer_kind="sentencepiece"))
 
 
 def sample_conversations(samples_dir) -> list[list[dict]]:
@@ -83,6 +76,16 @@ def test_belle_template_equals_belle_reference_tokenization(which, tokenizer, me
     for messages, ours in zip(conversations, encoded):
         reference = belle_reference(to_belle(type("C", (), {"id": "x", "messages": messages})()), tok)
         assert (ours.input_ids, ours.labels) == reference
+        assert tok.unk_token_id not in ours.input_ids
+
+
+def test_sentencepiece_spells_rare_characters_in_bytes_and_keeps_them_when_decoding(metaspace_tokenizer):
+    tok = metaspace_tokenizer
+    sample = encode_batch(TRICKY[-1:], tok, BELLE)[0]
+    pieces = tok.convert_ids_to_tokens(sample.input_ids)
+    assert {"<0xF0>", "<0x9F>", "<0xA6>", "<0x84>", "<0xE9>"} <= set(pieces)  # 🦄 is F0 9F A6 84; 龘 E9 BE 98
+    reply = [t for t, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
+    assert tok.decode(reply, skip_special_tokens=True) == " 龘🦄鱻 ok  "  # the decoder strips one leading space
 
 
 def test_whole_string_tokenization_differs_from_pieces_and_we_use_pieces(metaspace_tokenizer):

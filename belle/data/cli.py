@@ -76,7 +76,8 @@ def tokenize(
         template: prompt template (belle, chatml, qwen, llama2, llama3, raw, model); default: the model's belle.json.
         max_length: longest sample or packed row, in tokens.
         overlong: what to do with a longer sample: truncate at a turn boundary, or drop it.
-        pack: pack whole samples into rows of max_length tokens (best fit), positions restarting per sample.
+        pack: pack whole samples into rows of max_length tokens (best fit), positions restarting per sample;
+            refused for a model whose architecture cannot keep packed samples apart (BLOOM).
         from_: force the input format instead of detecting it per record.
         strict: stop at the first bad record instead of skipping and counting.
         num_proc: worker processes for encoding (datasets.map).
@@ -90,6 +91,12 @@ def tokenize(
         raise UsageError("--max-length and --num-proc must be at least 1")
     if not Path(model).is_dir():
         raise UsageError(f"--model {model}: no such folder")
+    if pack:
+        from belle.train.packing import pack_refusal
+
+        refusal = pack_refusal(model)
+        if refusal:
+            raise UsageError(f"--pack: {refusal}; leave out --pack to write each sample as its own row")
     tokenizer = load_tokenizer(model)
     try:
         chosen = resolve_template(model, tokenizer, template)

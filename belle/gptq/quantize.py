@@ -27,11 +27,12 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from belle.architectures import family_of
 from belle.cli import UsageError
 from belle.data.outputs import write_text_atomic
 from belle.gptq.calibration import calibration_samples, is_text_file
-from belle.modeling import (TOKENIZER_FILES, ModelFolderError, check_model_path, read_checkpoint_info, read_json_object,
-                            resolve_template, weights_bytes, write_checkpoint_info)
+from belle.modeling import (TOKENIZER_FILES, ModelFolderError, check_model_path, model_type, read_checkpoint_info,
+                            read_json_object, resolve_template, weights_bytes, write_checkpoint_info)
 from belle.templates import Template, to_jinja
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)
 QUANTIZE_JSON = "quantize.json"
 GENERATION_CONFIG = "generation_config.json"
 Method = Literal["gptq", "rtn"]
+# Model types quantized without GPTQModel's disk offload: GPTQModel 7.6 names GPT-NeoX's LM head
+# `embed_out` (transformers 5: `lm_head`), so with offload the head is never written back and saving fails.
+IN_MEMORY = frozenset({"gpt_neox"})
 QuantDtype = Literal["auto", "float16", "bfloat16", "float32"]
 
 
@@ -228,8 +232,12 @@ def check_arguments(
         problems.append(f"--model {model}: not a model folder (no config.json)")
     else:
         try:
-            read_json_object(model / "config.json")
+            config = read_json_object(model / "config.json")
             check_model_path(model, TOKENIZER_FILES, "tokenizer")
+            family = family_of(config)
+            if family is not None and family.gptq_refusal:
+                problems.append(f"--model {model}: belle cannot GPTQ-quantize {family.name} models:"
+                                f" {family.gptq_refusal}")
         except ModelFolderError as e:
             problems.append(f"--model {e}")
     if out == model:
@@ -310,7 +318,9 @@ def _load(
     from gptqmodel import GPTQModel, QuantizeConfig
     from gptqmodel.quantization.config import RTNConfig
 
-    common = {"bits": bits, "group_size": group_size, "sym": sym, "offload_to_disk_path": str(Path(work) / "offload")}
+    offload = ({"offload_to_disk": False} if model_type(model) in IN_MEMORY
+               else {"offload_to_disk_path": str(Path(work) / "offload")})
+    common = {"bits": bits, "group_size": group_size, "sym": sym, **offload}
     if method == "rtn":
         config = RTNConfig(**common)
     else:

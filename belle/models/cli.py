@@ -21,12 +21,14 @@ def tiny(
     kv_heads: int = 2,
     template: str = "belle",
     seed: int = 0,
+    arch: str = "llama",
+    tokenizer: str = "bpe",
 ) -> int:
-    """Build a small random LLaMA and a BPE tokenizer trained on belle's bundled text, in seconds.
+    """Build a small random model and a tokenizer trained on belle's bundled text, in seconds.
 
     Args:
         out: folder to write (a normal Hugging Face model folder plus belle.json).
-        vocab_size: target vocabulary size of the byte-level BPE tokenizer.
+        vocab_size: target vocabulary size of the tokenizer.
         hidden_size: model width.
         intermediate_size: MLP width.
         layers: number of decoder layers.
@@ -34,9 +36,12 @@ def tiny(
         kv_heads: key/value heads (grouped-query attention when fewer than heads).
         template: prompt template recorded in belle.json and saved as the chat_template.
         seed: seed of the random weights.
+        arch: model family, by its model_type: llama, mistral, qwen2, qwen3, gemma2, phi3, bloom or gpt_neox.
+        tokenizer: bpe (byte-level, with a pad token) or sentencepiece (LLaMA's shape: byte fallback, no pad).
     """
+    from belle.architectures import FAMILIES
     from belle.cli import UsageError
-    from belle.modeling import build_tiny_model
+    from belle.modeling import TOKENIZER_KINDS, build_tiny_model
 
     if template not in TEMPLATE_NAMES or template == "model":
         raise UsageError(f"--template must be one of {', '.join(t for t in TEMPLATE_NAMES if t != 'model')}")
@@ -45,14 +50,19 @@ def tiny(
     small = [f"--{flag} {value}" for flag, value in sizes.items() if value < 1]
     if small:
         raise UsageError(f"{', '.join(small)}: every size must be at least 1")
+    if arch not in FAMILIES:
+        raise UsageError(f"--arch {arch}: not one of {', '.join(FAMILIES)}")
+    if tokenizer not in TOKENIZER_KINDS:
+        raise UsageError(f"--tokenizer {tokenizer}: not one of {', '.join(TOKENIZER_KINDS)}")
     _check_out(out)
     if hidden_size % heads or heads % kv_heads:
         raise UsageError("--hidden-size must be divisible by --heads, and --heads by --kv-heads")
     build_tiny_model(
         out, vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, template=template, seed=seed,
+        arch=arch, tokenizer_kind=tokenizer,
     )
-    print(f"tiny model written to {out}")
+    print(f"tiny {FAMILIES[arch].name} model written to {out}")
     return 0
 
 

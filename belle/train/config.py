@@ -19,10 +19,6 @@ Method = Literal["full", "lora", "qlora"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 RESUME_MODES = ("auto", "never", "force")
 
-# BELLE's lora_config_llama.json: every linear projection of a LLaMA block.
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 @dataclass
 class ModelConfig:
     """The model to start from: `model.*`."""
@@ -60,7 +56,7 @@ class DataConfig:
     max_length: int = 1024
     """Tokens per sample (per packed row when packing)."""
     pack: bool = False
-    """Pack whole samples into rows of `max_length` tokens (sft; pt always packs)."""
+    """Pack whole samples into rows of `max_length` tokens (sft; pt packs its chunks, except on architectures that cannot: BLOOM)."""
     overlong: Overlong = "truncate"
     """Samples longer than max_length: cut at the last whole assistant turn, or drop."""
     strict: bool = False
@@ -91,8 +87,10 @@ class LoraConfig:
     """Scale: the adapter's update is multiplied by alpha / r."""
     dropout: float = 0.05
     """Dropout on the adapter's input."""
-    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
-    """Linear layers that get adapters; default: every projection of a LLaMA block, as BELLE did."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Layers that get adapters, by the last part of their module name (q_proj), checked against the
+    model before it loads; all-linear: every linear layer of the blocks, not the LM head (LLaMA: q, k,
+    v, o, gate, up, down_proj, as BELLE's lora_config_llama.json; BLOOM: query_key_value, dense*)."""
     modules_to_save: list[str] = field(default_factory=list)
     """Modules trained in full beside the adapters, e.g. [embed_tokens, lm_head] after extending the vocabulary."""
 

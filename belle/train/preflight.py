@@ -14,6 +14,9 @@ from typing import Any
 from belle.train.checkpoints import MARKER, checkpoint_step, complete_checkpoints, foreign_checkpoints
 from belle.train.config import RESUME_MODES, TrainConfig
 from belle.train.fingerprint import check_fingerprint
+from belle.train.lora import check_targets
+from belle.train.packing import packing_problems
+
 
 def resolve_precision(precision: str) -> str:
     """`auto` is bf16 on a GPU that supports it, fp16 on other GPUs, and fp32 on CPU."""
@@ -30,7 +33,7 @@ def check_run(config: TrainConfig) -> list[str]:
     import torch
 
     has_gpu = torch.cuda.is_available()
-    problems = _check_paths(config)
+    problems = _check_paths(config) + packing_problems(config)
     if config.model.attn_implementation == "flash_attention_2":
         if not has_gpu:
             problems.append("model.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
@@ -45,6 +48,7 @@ def check_run(config: TrainConfig) -> list[str]:
         problems.append(f"training.precision: {config.training.precision} needs a GPU; use auto or fp32 on CPU")
     if config.training.deepspeed:
         problems += check_deepspeed(Path(config.training.deepspeed), config, resolve_precision(config.training.precision))
+    problems += check_targets(config)
     return problems
 
 

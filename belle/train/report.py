@@ -11,6 +11,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from belle.tokenization import IGNORE_INDEX
+from belle.train.lora import describe
 
 
 @dataclass
@@ -118,8 +119,11 @@ def write_summary(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -
     if "samples" in data:
         lines.append(f"- samples: {data['samples']} ({data.get('trained_tokens', 0)} trained tokens)"
                      + (f", packed into {data['rows']} rows at {data['packing_efficiency']:.1%} efficiency" if data.get("rows") else ""))
+        lines += [f"- note: {note}" for note in data.get("notes") or []]
     if "pairs" in data:
         lines.append(f"- preference pairs: {data['pairs']}")
+    if metrics.get("lora"):
+        lines.append(f"- {describe(metrics['lora'])}")
     lines += [
         f"- steps: {metrics['global_step']}, epochs: {train.get('epoch', 0):.2f}",
         f"- train loss: first logged {losses[0]:.4f}, last logged {losses[-1]:.4f}, mean {train.get('train_loss', float('nan')):.4f}"

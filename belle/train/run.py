@@ -24,6 +24,8 @@ from belle.tokenization import collate
 from belle.train.checkpoints import CheckpointCallback, foreign_checkpoints, remove_incomplete, resolve_resume
 from belle.train.config import TrainConfig
 from belle.train.fingerprint import differences, read_fingerprint, run_fingerprint, write_fingerprint
+from belle.train.lora import adapter_report, describe, resolve_targets, target_problems
+from belle.train.packing import check_packing, pt_unpacked_notice
 from belle.train.preflight import check_run, resolve_precision
 from belle.train.report import ThroughputCallback, write_report
 
@@ -60,6 +62,7 @@ def train(config: TrainConfig) -> Path:
         _record_fingerprint(config)
         report_rejects(data.rejected, output_dir / "data")
     model = load_for_training(config, precision, tokenizer)
+    check_packing(model, config)
     trainer, throughput = build_trainer(config, args, model, tokenizer, data)
     with args.main_process_first(desc="finding the checkpoint to resume from"):
         resume_from = resolve_resume(output_dir, config.resume)
@@ -82,6 +85,7 @@ def train(config: TrainConfig) -> Path:
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
             "data": data.stats,
+            "lora": adapter_report(model) if config.method != "full" else None,
         }
         write_report(output_dir, config_to_dict(config), metrics)
         print((output_dir / "summary.md").read_text(encoding="utf-8"))
@@ -111,7 +115,10 @@ def training_arguments(config: TrainConfig, precision: str) -> Any:
     `CheckpointCallback`), so the Trainer's own `save_total_limit` stays off."""
     import torch
 
+    from belle.train.distributed import ensure_single_process_world
+
     t = config.training
+    ensure_single_process_world(t.deepspeed)
     has_eval = bool(config.data.validation_files or config.data.validation_split)
     kwargs: dict[str, Any] = dict(
         output_dir=config.output_dir,
@@ -182,11 +189,15 @@ def prepare_data(config: TrainConfig, tokenizer: Any, template: Template) -> Tra
     rejected = rejected_lines(train_records) + (rejected_lines(eval_records) if eval_records is not None else [])
     if d.validation_split:
         train_records, eval_records = _split(train_records, d.validation_split, config.training.seed, d.train_files)
+    unpacked = pt_unpacked_notice(config)
     encode = dict(
         tokenizer=tokenizer, template=template, max_length=d.max_length, overlong=d.overlong,
-        pack=d.pack, num_proc=d.num_proc, documents=config.stage == "pt",
+        pack=d.pack or (config.stage == "pt" and not unpacked), num_proc=d.num_proc, documents=config.stage == "pt",
     )
     train_set, stats = tokenize_dataset(train_records, **encode)
+    if unpacked:
+        logger.warning("%s", unpacked)
+        stats.notes.append(unpacked)
     _require_samples(stats, "data.train_files", d.train_files, d.max_length)
     eval_set, eval_stats = tokenize_dataset(eval_records, **encode) if eval_records is not None else (None, None)
     if eval_stats is not None:
@@ -278,16 +289,19 @@ def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> An
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     lora = config.lora
+    problems = target_problems(lora.target_modules, model)
+    if problems:
+        raise UsageError(problems[0])
     peft_config = LoraConfig(
         task_type="CAUSAL_LM",
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=resolve_targets(lora.target_modules, model),
         modules_to_save=list(lora.modules_to_save) or None,
     )
     model = get_peft_model(model, peft_config)
-    model.print_trainable_parameters()
+    logger.info("%s", describe(adapter_report(model)))
     return model
 
 

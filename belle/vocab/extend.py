@@ -59,7 +59,8 @@ def _bpe_spec(tokenizer: Any) -> dict[str, Any]:
     if spec is None or spec["model"].get("type") != "BPE":
         kind = f"a {spec['model'].get('type', 'unknown')}" if spec else "a slow (non-fast)"
         raise UsageError(
-            f"only BPE-based fast tokenizers are supported (byte-level BPE as in LLaMA 3, Qwen, GPT-2); "
+            f"only BPE-based fast tokenizers are supported (byte-level BPE as in LLaMA 3, Qwen, GPT-2, or "
+            f"SentencePiece-style BPE with byte fallback as in LLaMA 1 and 2); "
             f"this one is {kind} tokenizer"
         )
     return spec

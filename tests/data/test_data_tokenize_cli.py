@@ -50,14 +50,16 @@ def test_tokenize_packs_a_folder_of_mixed_formats_and_reports_rejects(belle_cli,
     assert f"{folder / 'bad.jsonl'}:1: malformed JSON" in result.stderr
 
 
-def test_tokenize_bad_arguments_are_clear_errors(belle_cli, tiny_model_dir, tmp_path):
-    sample = str(SAMPLES / "belle_conversations.jsonl")
-    no_model = belle_cli("data", "tokenize", "--model", str(tmp_path / "nope"), "--input", sample, "--output", str(tmp_path / "o.jsonl"))
-    assert no_model.returncode == 2 and "nope: no such folder" in no_model.stderr
-    no_length = belle_cli("data", "tokenize", "--model", str(tiny_model_dir), "--input", sample, "--output", str(tmp_path / "o.jsonl"), "--pack")
-    assert no_length.returncode == 2 and "--pack needs --max-length" in no_length.stderr
-    bad_template = belle_cli("data", "tokenize", "--model", str(tiny_model_dir), "--template", "vicuna", "--input", sample, "--output", str(tmp_path / "o.jsonl"))
-    assert bad_template.returncode == 2 and "unknown template 'vicuna'" in bad_template.stderr
-    missing = belle_cli("data", "tokenize", "--model", str(tiny_model_dir), "--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o.jsonl"))
-    assert missing.returncode == 2 and "missing.jsonl: no such file or folder" in missing.stderr
+def test_tokenize_bad_arguments_are_clear_errors(tiny_model_dir, tmp_path, capsys):
+    from belle.cli import main
+
+    sample, output = str(SAMPLES / "belle_conversations.jsonl"), str(tmp_path / "o.jsonl")
+    for args, message in (
+        (["--model", str(tmp_path / "nope"), "--input", sample], "nope: no such folder"),
+        (["--model", str(tiny_model_dir), "--input", sample, "--pack"], "--pack needs --max-length"),
+        (["--model", str(tiny_model_dir), "--template", "vicuna", "--input", sample], "unknown template 'vicuna'"),
+        (["--model", str(tiny_model_dir), "--input", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file or folder"),
+    ):
+        assert main(["data", "tokenize", *args, "--output", output]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()

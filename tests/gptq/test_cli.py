@@ -31,3 +31,21 @@ def test_quantize_eval_and_use_through_the_cli(belle_cli, trained_tiny_dir, tmp_
     bad = belle_cli("gptq", "quantize", "--model", str(trained_tiny_dir), "--out", str(tmp_path / "bad"), "--bits", "5",
                     "--method", "rtn")
     assert bad.returncode == 2 and "--bits 5: choose one of 2, 3, 4, 8" in bad.stderr
+
+
+def test_a_family_gptqmodel_cannot_quantize_is_refused_before_loading(tiny_model_dir, tmp_path, capsys):
+    """Phi-3's checkpoint from GPTQModel would not load in transformers: exit 2 with the reason, and
+    the model (a Phi-3 config.json and unreadable weights here) is never loaded."""
+    import shutil
+
+    from belle.architectures import FAMILIES
+    from belle.cli import main
+
+    model = tmp_path / "phi3"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.json").write_text(json.dumps({"model_type": "phi3"}), encoding="utf-8")
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["gptq", "quantize", "--model", str(model), "--out", str(tmp_path / "q"), "--method", "rtn"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"belle cannot GPTQ-quantize Phi-3 models: {FAMILIES['phi3'].gptq_refusal}" in err
+    assert not (tmp_path / "q").exists()

@@ -23,6 +23,37 @@ def test_model_tiny_rejects_inconsistent_shapes(belle_cli, tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_model_tiny_builds_other_families_and_a_sentencepiece_tokenizer(tmp_path, capsys):
+    """`--arch bloom` writes a BLOOM (ALiBi, fused query_key_value, tied embeddings); `--tokenizer
+    sentencepiece` a LLaMA-shaped tokenizer: `▁` word prefixes, byte fallback, BOS added, no pad."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from belle.cli import main
+
+    assert main(["model", "tiny", "--out", str(tmp_path / "bloom"), "--arch", "bloom"]) == 0
+    assert "tiny BLOOM model written" in capsys.readouterr().out
+    config = AutoConfig.from_pretrained(tmp_path / "bloom")
+    assert config.model_type == "bloom" and config.tie_word_embeddings
+
+    assert main(["model", "tiny", "--out", str(tmp_path / "spm"), "--tokenizer", "sentencepiece"]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "spm")
+    ids = tokenizer("你好 🙂").input_ids
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.pad_token is None
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert pieces[1].startswith("▁") and "<0xF0>" in pieces and tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "你好 🙂"
+
+
+def test_model_tiny_names_the_families_it_builds(tmp_path, capsys):
+    from belle.cli import main
+
+    assert main(["model", "tiny", "--out", str(tmp_path / "t"), "--arch", "gpt2"]) == 2
+    assert "--arch gpt2: not one of llama, mistral, qwen2, qwen3, gemma2, phi3, bloom, gpt_neox" in capsys.readouterr().err
+    assert main(["model", "tiny", "--out", str(tmp_path / "t"), "--tokenizer", "wordpiece"]) == 2
+    assert "--tokenizer wordpiece: not one of bpe, sentencepiece" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
 def test_models_decrypt_restores_a_release_through_the_cli(belle_cli, tmp_path):
     """A release smaller than one 10 MiB block: the key file simply repeats over each file."""
     import hashlib

@@ -1,8 +1,9 @@
 """Bad input to `belle train` is one clear error and exit 2, found before any model is loaded.
 
 Every case but the missing model folder trains the decoy model, whose weights cannot be read: a run
-that got as far as loading the model would crash instead of exiting 2. CUDA is hidden, so the GPU
-checks hold on any machine.
+that got as far as loading the model would crash instead of exiting 2. The cases run in process
+(`belle.cli.main`) with CUDA hidden, so the GPU checks hold on any machine; one runs as
+`python -m belle.train`, what torchrun launches.
 """
 
 import json
@@ -70,16 +71,22 @@ CASES = [unknown_key, missing_train_file, missing_model_folder, no_trained_token
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
-def test_bad_input_exits_2_naming_the_problem_before_loading_the_model(decoy_model_dir, tmp_path, case):
+def test_bad_input_exits_2_naming_the_problem_before_loading_the_model(decoy_model_dir, tmp_path, case, capsys, monkeypatch):
     """Exit 2, `belle train: error:` and the words that name the problem on stderr, no traceback,
     no model written."""
+    import torch
+
+    from belle.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     overrides, patterns = case(tmp_path)
     out = tmp_path / "run"
     args = train_overrides(decoy_model_dir, out, f"data.train_files={files_list(SAMPLES / 'belle_conversations.jsonl')}", *overrides)
-    result = run_module("belle", "train", *args, CUDA_VISIBLE_DEVICES="")
-    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
-    assert "belle train: error:" in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
-    message = result.stderr[result.stderr.index("belle train: error:"):]
+    status = main(["train", *args])
+    stderr = capsys.readouterr().err
+    assert status == 2, f"exit {status}\n{stderr[-3000:]}"
+    assert "belle train: error:" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    message = stderr[stderr.index("belle train: error:"):]
     missing = [p for p in patterns if not re.search(p, message)]
     assert not missing, f"the message lacks {missing}:\n{message}"
     assert not (out / "model.safetensors").exists()

@@ -254,3 +254,34 @@ def test_cli_missing_corpus_file(base_dir, tmp_path):
     assert result.returncode == 2
     assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_extends_a_sentencepiece_llama_as_belle_llama_ext_did(tmp_path, capsys):
+    """`belle model tiny --tokenizer sentencepiece` (LLaMA's shape) extended through the CLI: new
+    pieces are Metaspace pieces, byte fallback still spells what no piece covers, old ids are unchanged."""
+    from belle.cli import main
+
+    base_dir = build_tiny_model(tmp_path / "base", vocab_size=600, tokenizer_kind="sentencepiece")
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n".join(chinese_lines()) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["vocab", "extend", "--base", str(base_dir), "--corpus", str(corpus), "--vocab-size", "2500", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "chars/token" in printed.out, printed
+    report = json.loads((out / "vocab_report.json").read_text(encoding="utf-8"))
+    assert report["chars_per_token"]["extended"] > 1.1 * report["chars_per_token"]["base"]
+    base, new = load_tokenizer(base_dir), load_tokenizer(out)
+    assert report["added"] > 0 and len(new) == len(base) + report["added"]
+    assert all(new.get_vocab()[token] == i for token, i in base.get_vocab().items())
+    added = new.convert_ids_to_tokens(list(range(len(base), len(new))))
+    assert any(piece.startswith("▁") for piece in added) and not any(" " in piece or "Ġ" in piece for piece in added)
+    assert new.pad_token == "<unk>" and new.pad_token_id != new.eos_token_id
+    assert new.tokenize("龘🦄") == base.tokenize("龘🦄") == ["▁", "<0xE9>", "<0xBE>", "<0x98>", "<0xF0>", "<0x9F>", "<0xA6>", "<0x84>"]
+    for text in (MIXED, "  两个空格 and 🦄"):
+        ids = new(text, add_special_tokens=False)["input_ids"]
+        assert new.decode(ids) == base.decode(base(text, add_special_tokens=False)["input_ids"])
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(out), use_safetensors=True)
+    assert model.get_input_embeddings().num_embeddings == len(new)

@@ -1,0 +1,126 @@
+"""Every shipped recipe in train/configs/ runs as the README shows it: one plain process and
+`torchrun --nproc_per_node 2`, with only the model, data, output folder and step count overridden.
+
+The runs also carry the checks on what DeepSpeed saves (they replace test_deepspeed.py's own
+two-process runs): one optimizer shard per rank, and a final model with every tensor whole (ZeRO-3
+gathers its shards; belle_full_ft and llama_ext_7b use ZeRO-3, pt ZeRO-2).
+"""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from belle.cli import main as belle_main
+from belle.train.distributed import LAUNCHER_VARIABLES, ensure_single_process_world
+from tests.train.helpers import (REPO, SAMPLES, cli_env, files_list, free_port, load_weights, losses_by_step, read_jsonl,
+                                 read_metrics, tail)
+
+CONFIGS = REPO / "train" / "configs"
+SFT = (SAMPLES / "belle_conversations.jsonl",)
+
+# Each recipe, with data/samples files of its stage.
+RECIPES = {
+    "quickstart": tuple(SAMPLES / name for name in ("belle_conversations.jsonl", "alpaca.json", "multiturn_chat.jsonl", "messages.jsonl")),
+    "belle_full_ft": SFT,
+    "belle_lora": SFT,
+    "llama_ext_7b": SFT,
+    "pt": (SAMPLES / "pretrain.jsonl",),
+    "dpo": (SAMPLES / "dpo.jsonl",),
+}
+
+
+def shipped_train_configs() -> set[str]:
+    """The YAML files in train/configs/ that are `belle train` configs (accelerate's is not)."""
+    return {p.stem for p in CONFIGS.glob("*.yaml") if "output_dir" in yaml.safe_load(p.read_text(encoding="utf-8"))}
+
+
+def test_every_shipped_recipe_is_run_by_the_recipe_test():
+    assert shipped_train_configs() == set(RECIPES)
+
+
+def test_deepspeed_without_a_launcher_gets_a_world_of_one(caplog):
+    env = {"MASTER_PORT": "29611"}
+    with caplog.at_level("INFO", logger="belle.train.distributed"):
+        added = ensure_single_process_world("train/configs/ds_zero2.json", env)
+    assert env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29611"}
+    assert set(added) == {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR"}
+    assert len(caplog.records) == 1 and "world of one" in caplog.text and "\n" not in caplog.records[0].getMessage()
+
+
+def test_a_launcher_or_no_deepspeed_leaves_the_environment_alone():
+    launched = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    assert ensure_single_process_world("ds.json", dict(launched)) == {}
+    plain: dict[str, str] = {}
+    assert ensure_single_process_world(None, plain) == {} and plain == {}
+
+
+def test_a_partial_launcher_environment_is_a_usage_error(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = belle_main(["train", f"model.path={tiny_model_dir}", f"data.train_files=[{SFT[0]}]", f"output_dir={tmp_path / 'run'}",
+                       "training.deepspeed=train/configs/ds_zero2.json"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "WORLD_SIZE set but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT not" in err and "Traceback" not in err
+
+
+def recipe_command(recipe: str, model: str, out: str, processes: int) -> list[str]:
+    """The README's command for `recipe` with the four overrides; under torchrun for 2 processes."""
+    launcher = ["-m", "belle"] if processes == 1 else [
+        "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port()), "-m", "belle.train"]
+    train = ["train"] if processes == 1 else []
+    return [sys.executable, *launcher, *train, "--config", f"train/configs/{recipe}.yaml", f"model.path={model}",
+            f"data.train_files={files_list(*RECIPES[recipe])}", f"output_dir={out}", "training.max_steps=2"]
+
+
+def expected_samples(config: dict, processes: int, records: int) -> int:
+    """Samples 2 steps train on an unpacked SFT run: each rank takes batch x accumulation per step,
+    at most its share of the records (an epoch ends a step early)."""
+    t = config["training"]
+    return processes * min(2 * t["batch_size"] * t["gradient_accumulation_steps"], records // processes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "torchrun-2"])
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_shipped_recipe_runs_as_written(recipe, processes, tiny_model_dir, tmp_path):
+    """Exit 0 with no traceback, a loss logged, 2 optimizer steps, a COMPLETE checkpoint and a saved
+    final model or adapter. A full model is saved whole (every tensor at full shape, even under
+    ZeRO-3), finite, trained, and loads. Under DeepSpeed on two ranks the checkpoint holds one
+    optimizer shard per rank. For unpacked SFT, throughput counts exactly the samples trained."""
+    config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text(encoding="utf-8"))
+    out = tmp_path / "run"
+    env = {k: v for k, v in cli_env(OMP_NUM_THREADS="1").items() if k not in LAUNCHER_VARIABLES}
+    result = subprocess.run(recipe_command(recipe, str(tiny_model_dir), str(out), processes), cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, tail(result)
+    assert "Traceback" not in result.stderr, tail(result)
+    deepspeed = config["training"].get("deepspeed")
+    assert ("DeepSpeed runs as a world of one" in result.stderr) == bool(deepspeed and processes == 1), tail(result)
+    metrics = read_metrics(out)
+    assert metrics["global_step"] == 2 and math.isfinite(losses_by_step(out)[1])
+    assert (out / "checkpoint-2" / "COMPLETE").is_file() and (out / "belle.json").is_file()
+    if deepspeed and processes == 2:
+        shards = sorted(p.name[:14] for p in (out / "checkpoint-2" / "global_step2").glob("zero_pp_rank_*_optim_states.pt"))
+        assert shards == ["zero_pp_rank_0", "zero_pp_rank_1"], f"not a two-rank ZeRO checkpoint: {shards}"
+    if config["stage"] == "sft" and not config["data"].get("pack"):
+        assert metrics["train"]["samples"] == expected_samples(config, processes, len(read_jsonl(SFT[0])))
+    if config["method"] == "lora":
+        assert load_weights(out / "adapter_model.safetensors"), "empty adapter"
+        return
+    trained, base = load_weights(out / "model.safetensors"), load_weights(tiny_model_dir / "model.safetensors")
+    assert trained.keys() == base.keys()
+    for name, tensor in base.items():
+        assert trained[name].shape == tensor.shape, f"{name}: saved {tuple(trained[name].shape)}, expected {tuple(tensor.shape)}"
+        assert torch.isfinite(trained[name]).all(), name
+    assert max((trained[k].float() - base[k]).abs().max().item() for k in base) > 0, "the saved weights are the base's"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
