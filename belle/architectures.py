@@ -110,7 +110,7 @@ def family_of(model_config: Any) -> Family | None:
 
 @dataclass(frozen=True)
 class MatrixRow:
-    """One row of the architecture matrix: a family, built with one of `belle.modeling.TOKENIZER_KINDS`."""
+    """One row of the architecture matrix: a family, built with one of `belle.models.tiny.TOKENIZER_KINDS`."""
 
     id: str
     name: str

@@ -6,14 +6,26 @@ positional arguments, keyword-only parameters become `--flags` (required when th
 trailing underscore is dropped (`from_` is `--from`, a verb `eval_` is `eval`). Help text comes from
 the docstring's `Args:`.
 
-A keyword-only parameter typed as a dataclass (options shared by several verbs, such as the LLM
-endpoint) becomes one flag per field, named `--PARAM-FIELD` (`judge: LLMOptions` gives `--judge-model`),
-or plain `--FIELD` for a parameter named `llm` or `options`; help comes from the dataclass's own `Args:`.
+A keyword-only parameter typed as a dataclass (options shared by several verbs: the LLM endpoint,
+`belle.generation.EngineOptions`, `SamplingOptions`) is a flag group: one flag per field, named
+`--PARAM-FIELD` (`judge: LLMOptions` gives `--judge-model`), or plain `--FIELD` for a parameter
+named `llm` or a dataclass that sets `FLAT = True` (a group every verb spells the same way). A
+field's help is its attribute docstring, the string literal on the line right under the field (as
+in `belle.train.config` and `belle.generation.SamplingOptions`); functions keep `Args:`. The
+parameter's default, when it is an instance, gives the fields' defaults for that verb
+(`sampling: SamplingOptions = EVAL_SAMPLING`).
+
+What the user typed wrong ends as one line per problem on stderr and exit status 2, never a
+traceback: a `UsageError` the verb raises, the `problems()` of a flag group (checked before the
+verb runs; lines of a prefixed group start with `--PARAM-...:`), a `DataError` (a bad input file)
+or a `ConfigError`, and an `OSError` about a path the user named. Any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import errno
 import importlib
@@ -25,9 +37,9 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
-from belle.conversation import DataError
+from belle.records import DataError
 
 # job name -> module with `VERBS` (a list of functions) or `main(argv)`.
 JOBS = {
@@ -45,6 +57,20 @@ JOBS = {
 
 class UsageError(Exception):
     """Bad input from the user: printed as one clear message, exit code 2, no traceback."""
+
+
+@runtime_checkable
+class Checked(Protocol):
+    """A flag group that can say what is wrong with it: `problems()` is empty when it is usable."""
+
+    def problems(self) -> list[str]: ...
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad user input, not a bug: the message is for the user."""
+    from belle.config import ConfigError  # belle.config reads YAML: loaded only when a verb fails
+
+    return UsageError, DataError, ConfigError
 
 
 # OS errors that mean a path the user named is missing, of the wrong kind or out of reach.
@@ -136,20 +162,29 @@ def _described(command: Callable[..., Any]) -> dict[str, Any]:
 
 def _call(command: Callable[..., Any], args: dict[str, Any], prog: str) -> int:
     setup_logging()
+    problems = []
     for name, kind in typing.get_type_hints(command).items():
         if dataclasses.is_dataclass(kind):
-            fields = {f.name: args.pop(f"{name}.{f.name}") for f in dataclasses.fields(kind)}
-            args[name] = kind(**fields)
+            args[name] = kind(**{f.name: args.pop(f"{name}.{f.name}") for f in dataclasses.fields(kind)})
+            if isinstance(args[name], Checked):
+                prefix = "" if _flat(name, kind) else f"--{_flag_name(name)}-...: "
+                problems += [prefix + problem for problem in args[name].problems()]
+    if problems:
+        for problem in problems:
+            print(f"{prog}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         result = command(**args)
-    except (UsageError, DataError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
         message = os_error_message(e, args)
         if message is None:
             raise
         print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 
@@ -221,11 +256,26 @@ def _arg_docs(doc: str) -> dict[str, str]:
     return docs
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """A dataclass's field name -> the docstring written under the field (its own and its bases')."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            (node,) = ast.parse(inspect.cleandoc("\n" + inspect.getsource(klass))).body
+        except (OSError, TypeError):  # no source file: a class made at run time
+            continue
+        for field, after in zip(node.body, node.body[1:]):
+            if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
+                docs[field.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
 def _add_parameters(parser: argparse.ArgumentParser, verb: Callable[..., Any], docs: dict[str, str]) -> None:
     hints = typing.get_type_hints(verb)
     for param in inspect.signature(verb).parameters.values():
         if dataclasses.is_dataclass(hints[param.name]):
-            _add_dataclass(parser, param.name, hints[param.name])
+            _add_dataclass(parser, param.name, hints[param.name], param.default)
             continue
         _add_parameter(parser, param, hints[param.name], docs.get(param.name, ""), dest=param.name)
 
@@ -263,19 +313,32 @@ def _add_parameter(parser: Any, param: inspect.Parameter, hint: Any, help_text: 
     parser.add_argument(*names, **options)
 
 
-def _add_dataclass(parser: argparse.ArgumentParser, name: str, options: type) -> None:
-    """One flag per field of the dataclass `options`, stored as `NAME.FIELD` for `_call` to regroup."""
-    docs = _arg_docs(inspect.getdoc(options) or "")
+def _add_dataclass(parser: argparse.ArgumentParser, name: str, options: type, default: Any = None) -> None:
+    """One flag per field of the dataclass `options`, stored as `NAME.FIELD` for `_call` to regroup.
+    `default`, an instance of `options`, gives the fields' defaults instead of the class."""
+    docs = field_docs(options)
     hints = typing.get_type_hints(options)
-    prefix = "" if name in ("llm", "options") else name + "_"
+    prefix = "" if _flat(name, options) else name + "_"
     summary = (inspect.getdoc(options) or "").split("\n")[0].rstrip(".")
     group = parser.add_argument_group(summary if not prefix else f"{name}: {summary}")
     for field in dataclasses.fields(options):
-        parameter = inspect.Parameter(
-            prefix + field.name, inspect.Parameter.KEYWORD_ONLY,
-            default=inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default,
-        )
+        if isinstance(default, options):
+            value = getattr(default, field.name)
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        else:
+            value = inspect.Parameter.empty
+        parameter = inspect.Parameter(prefix + field.name, inspect.Parameter.KEYWORD_ONLY, default=value)
         _add_parameter(group, parameter, hints[field.name], docs.get(field.name, ""), dest=f"{name}.{field.name}")
+
+
+def _flat(name: str, options: type) -> bool:
+    """True when the group's flags are plain `--FIELD`, not `--NAME-FIELD`."""
+    return name == "llm" or getattr(options, "FLAT", False)
+
+
+def _flag_name(name: str) -> str:
+    return name.rstrip("_").replace("_", "-")
 
 
 def _unwrap(hint: Any) -> tuple[type, tuple | None, bool]:

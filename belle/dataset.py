@@ -12,16 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from belle.conversation import (
-    Conversation,
-    DataError,
-    Format,
-    Policy,
-    as_source_list,
-    is_saved_dataset,
-    iter_parsed,
-    list_data_files,
-)
+from belle.conversation import Conversation, Format, Policy, iter_parsed
+from belle.records import DataError, as_source_list, is_saved_dataset, list_data_files
 from belle.templates import Template
 from belle.tokenization import Overlong, encode_columns, encode_document_columns, pack_columns
 

@@ -15,7 +15,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 
 from belle.modeling import load_model, load_tokenizer, read_checkpoint_info, resolve_template, split_adapter
 from belle.streaming import IncrementalDecoder, StopMatcher, cut_at_stop
@@ -25,6 +25,7 @@ from belle.tokenization import encode_prompt
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "cancelled"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MAX_STOP_STRINGS = 16
 
 
@@ -51,21 +52,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 0 <= self.temperature <= 100:
-            problems.append(f"temperature must be between 0 and 100, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be 0 (off) or more, not {self.top_k}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be above 0, not {self.repetition_penalty}")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            problems.append(f"min_new_tokens must be between 0 and max_new_tokens, not {self.min_new_tokens}")
-        if len(self.stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in self.stop):
-            problems.append(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings")
+        problems = _decoding_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -81,6 +68,98 @@ class GenerationParams:
         if self.temperature > 0:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         return kwargs
+
+
+def _decoding_problems(params: GenerationParams | SamplingOptions) -> list[str]:
+    """Every out-of-range decoding setting of `params`, one sentence each; empty when all are valid."""
+    problems = []
+    if not 0 <= params.temperature <= 100:
+        problems.append(f"temperature must be between 0 and 100, not {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], not {params.top_p}")
+    if params.top_k < 0:
+        problems.append(f"top_k must be 0 (off) or more, not {params.top_k}")
+    if params.repetition_penalty <= 0:
+        problems.append(f"repetition_penalty must be above 0, not {params.repetition_penalty}")
+    if params.max_new_tokens < 1:
+        problems.append(f"max_new_tokens must be at least 1, not {params.max_new_tokens}")
+    min_new_tokens, stop = getattr(params, "min_new_tokens", 0), getattr(params, "stop", ())
+    if not 0 <= min_new_tokens <= params.max_new_tokens:
+        problems.append(f"min_new_tokens must be between 0 and max_new_tokens, not {min_new_tokens}")
+    if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
+        problems.append(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings")
+    return problems
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Decoding: how replies are sampled, and how long they may grow.
+
+    The sampling flags of every verb that generates (`--temperature`, ...): the command line's side
+    of `GenerationParams`, which `params()` makes. A verb whose defaults differ passes its own
+    instance as the parameter's default (`SamplingOptions.of(EVAL_DECODING)`).
+    """
+
+    FLAT: ClassVar[bool] = True
+
+    temperature: float = GenerationParams.temperature
+    """Sampling temperature; 0 decodes greedily."""
+    top_p: float = GenerationParams.top_p
+    """Nucleus sampling mass, in (0, 1]."""
+    top_k: int = GenerationParams.top_k
+    """Sample among the k most likely tokens; 0 turns it off."""
+    repetition_penalty: float = GenerationParams.repetition_penalty
+    """Above 1 discourages repetition; 1 turns it off."""
+    max_new_tokens: int = GenerationParams.max_new_tokens
+    """The longest reply, in tokens."""
+
+    @classmethod
+    def of(cls, params: GenerationParams) -> SamplingOptions:
+        """The options that give `params` back (its stop strings and minimum length aside)."""
+        return cls(params.temperature, params.top_p, params.top_k, params.repetition_penalty, params.max_new_tokens)
+
+    def problems(self) -> list[str]:
+        """Every out-of-range setting; empty when `params()` will succeed."""
+        return _decoding_problems(self)
+
+    def params(self) -> GenerationParams:
+        """These settings as `GenerationParams`. Raises `ValueError` when `problems()` is not empty."""
+        return GenerationParams(self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Loading weights: dtype, device and remote code.
+
+    The flags of every verb that loads a model folder, turned into `load_model`'s keyword arguments.
+    """
+
+    FLAT: ClassVar[bool] = True
+
+    dtype: Dtype = "auto"
+    """Weights dtype; auto is bfloat16 on GPUs that support it, float16 on others, float32 on CPU."""
+    device: str | None = None
+    """cpu, cuda, cuda:N or auto; default: cuda if present."""
+    trust_remote_code: bool = False
+    """Run Python code shipped in the model folder."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine: the template, adapter base and context length a model folder runs with.
+
+    With `LoadOptions`, the keyword arguments of `load_engine` (and `belle.chat.engines.load_engines`)
+    besides the folder: `load_engine(path, **asdict(engine), **asdict(load))`.
+    """
+
+    FLAT: ClassVar[bool] = True
+
+    template: str | None = None
+    """Prompt template; default: the one in the model's belle.json, else its chat_template."""
+    base: Path | None = None
+    """Base model folder for a LoRA adapter whose recorded base path is elsewhere."""
+    context_length: int | None = None
+    """Tokens of prompt plus reply; default: the model's max_position_embeddings."""
 
 
 @dataclass(frozen=True)

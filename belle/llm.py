@@ -16,6 +16,10 @@ cache hits, calls, retries, faults by kind, tokens and the cost estimate. The AP
 handed to the HTTP client: it is never logged, raised, cached or counted; nor is a password or
 secret query value of the base URL (`redact_url`: errors, logs, including httpx's request lines,
 and the cache's `request` column).
+
+`fan_out` is the loop of every resumable job over many requests (self-instruct, dialogues, remote
+answers, scoring, pairwise judging): it keeps a bounded number in flight and hands each finished
+one to the job, which writes its output line and journal entry; a fatal error stops it.
 """
 
 from __future__ import annotations
@@ -36,12 +40,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import openai
 
-from belle.conversation import DataError
+from belle.records import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -51,39 +55,39 @@ BACKOFF_CAP = 30.0  # seconds: no backoff is longer
 RETRY_AFTER_CAP = 60.0  # seconds: the longest `Retry-After` obeyed; a longer one waits this long
 # openai's own `with_streaming_response` sets this request header to get a response whose body is not read yet
 _STREAM_BODY_HEADER = "X-Stainless-Raw-Response"
+T = TypeVar("T")  # a unit of work of `fan_out`
+R = TypeVar("R")  # what `fan_out`'s `ask` returns for one unit
+_END = object()
 
 
 @dataclass
 class LLMOptions:
-    """Where and how to call an OpenAI-compatible endpoint; on the command line, one flag per field.
-
-    Args:
-        model: model name the endpoint serves.
-        base_url: endpoint root ending in /v1; default: OpenAI's.
-        api_key_env: name of the environment variable holding the key.
-        api: chat (/v1/chat/completions) or completion (/v1/completions).
-        concurrency: requests in flight at once.
-        rpm: at most this many requests started per minute (none: no limit).
-        max_retries: retries of one request on 429, 5xx, timeouts, connection errors, malformed replies.
-        timeout: seconds for one attempt, from connecting to the last byte of the reply.
-        cache: SQLite file of earlier replies; `off` to disable; default $XDG_CACHE_HOME/belle/llm.sqlite (~/.cache/...).
-        price_input: USD per million prompt tokens, for the cost estimate.
-        price_output: USD per million completion tokens.
-        max_reply_bytes: the largest reply body accepted; a larger one is a fault (retried, never cached).
-    """
+    """Where and how to call an OpenAI-compatible endpoint; on the command line, one flag per field."""
 
     model: str
+    """model name the endpoint serves."""
     base_url: str | None = None
+    """endpoint root ending in /v1; default: OpenAI's."""
     api_key_env: str = "OPENAI_API_KEY"
+    """name of the environment variable holding the key."""
     api: Literal["chat", "completion"] = "chat"
+    """chat (/v1/chat/completions) or completion (/v1/completions)."""
     concurrency: int = 8
+    """requests in flight at once."""
     rpm: float | None = None
+    """at most this many requests started per minute (none: no limit)."""
     max_retries: int = 5
+    """retries of one request on 429, 5xx, timeouts, connection errors, malformed replies."""
     timeout: float = 120.0
+    """seconds for one attempt, from connecting to the last byte of the reply."""
     cache: str = "default"
+    """SQLite file of earlier replies; `off` to disable; default $XDG_CACHE_HOME/belle/llm.sqlite (~/.cache/...)."""
     price_input: float | None = None
+    """USD per million prompt tokens, for the cost estimate."""
     price_output: float | None = None
+    """USD per million completion tokens."""
     max_reply_bytes: int = 8_000_000
+    """the largest reply body accepted; a larger one is a fault (retried, never cached)."""
 
     def problems(self) -> list[str]:
         """Every invalid setting, each with how to fix it; empty when the options are usable."""
@@ -461,6 +465,49 @@ class LLMClient:
             return await self.chat([{"role": "user", "content": prompt}], variant=variant, **params)
         return await self.complete(prompt, variant=variant, **params)
 
+    async def models(self) -> list[str]:
+        """The ids of the endpoint's models (GET /models); not cached, not retried. The endpoint's
+        `openai.APIError` comes as it is, for the caller to word."""
+        return [model.id async for model in self._client.models.list()]
+
+    async def stream(self, messages: list[dict[str, str]], *, model: str | None = None,
+                     **params: Any) -> AsyncIterator[str]:
+        """The lines of a streamed chat completion (server-sent events) as they arrive, from `model`
+        (default: the options'); `params` as in `chat`. Not cached. A 429, 5xx, timeout or connection
+        failure before the reply starts is retried as `chat` retries; then the endpoint's
+        `openai.APIError` comes as it is, for the caller to word, as does the HTTP library's error
+        when the stream breaks. Leaving the iteration early closes the connection, which ends the
+        server's generation."""
+        body = {"model": model or self.options.model, "messages": messages, **params, "stream": True}
+        attempts = self.options.max_retries + 1
+        for attempt in range(attempts):
+            async with self._slots:
+                await self._pace()
+                self.usage.calls += 1
+                try:
+                    response = await self._client.post("/chat/completions", cast_to=self._http.Response, body=body,
+                                                       options={"headers": {_STREAM_BODY_HEADER: "stream"}})
+                except (openai.APIStatusError, openai.APIConnectionError) as error:
+                    fault = (_status_fault(error, self.options.api_key_env) if isinstance(error, openai.APIStatusError)
+                             else _Fault(str(error), "connection", "connection"))
+                    self.usage.faults[fault.label] += 1
+                    if not fault.retry or attempt == attempts - 1:
+                        self.usage.failures += 1
+                        raise
+                else:
+                    try:
+                        async for line in response.aiter_lines():
+                            yield line
+                    finally:
+                        await response.aclose()
+                    self.usage.requests += 1
+                    return
+            delay = self._random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+            if fault.retry_after is not None:
+                delay = min(fault.retry_after, RETRY_AFTER_CAP)
+            self.usage.retries += 1
+            await asyncio.sleep(delay)
+
     async def _request(self, api: str, payload: dict[str, Any], params: dict[str, Any], variant: int) -> Reply:
         if "stream" in params or "n" in params:
             raise ValueError("stream and n are not supported: one request gets one whole reply (use variant for more samples)")
@@ -570,3 +617,71 @@ class LLMClient:
         finally:
             await response.aclose()
         return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def resume_message(error: LLMFatalError, done: str, where: Path | str) -> str:
+    """The usage error of a job that `error` stopped: what it did so far (`done`, e.g. "12
+    tasks") is in `where`, and a re-run resumes there."""
+    return f"{error}; {done} are in {where}, a re-run resumes there"
+
+
+async def fan_out(requests: Iterable[T], ask: Callable[[T], Awaitable[R]],
+                  settle: Callable[[T, R | LLMError], None], *, concurrency: int | Callable[[], int],
+                  enough: Callable[[], bool] = lambda: False, progress: Callable[[], None] | None = None) -> None:
+    """Run `ask(request)` for each of `requests` (taken in order, lazily), at most `concurrency`
+    at a time, and hand each finished one to `settle(request, outcome)` in order of completion.
+
+    This is the loop of every resumable LLM job; the job keeps its own output, journal and resume
+    rules, in `settle`. `settle` runs on the event loop's thread, one call at a time, so it can
+    append the output line and the journal entry without a lock. `outcome` is what `ask` returned,
+    or the `LLMError` it raised: a request that failed for good, which the job records so that a
+    re-run asks again.
+
+    Args:
+        requests: the job's units of work (a request, a dialogue, an item with its samples).
+        ask: one unit's work; closes over the `LLMClient` and may make several calls.
+        settle: takes each finished unit; a plain function, not a coroutine.
+        concurrency: units in flight at most; a callable is read again before each start (a job
+            that wants fewer in flight as it nears its goal).
+        enough: once it is true, no unit is started or settled any more and those in flight
+            are cancelled (any reply that did come is in the client's cache).
+        progress: called after each `settle` (e.g. a tqdm bar's `update`).
+
+    An `LLMFatalError`, or any other exception from `ask` or `settle`, cancels every unit still in
+    flight and propagates, after the units that finished at the same moment are settled. Leftover
+    tasks are always cancelled and awaited before this returns or raises.
+    """
+    pending = iter(requests)
+    in_flight: dict[asyncio.Future[R], T] = {}
+    limit = concurrency if callable(concurrency) else lambda: concurrency
+
+    def start() -> None:
+        while not enough() and len(in_flight) < max(1, limit()):
+            request = next(pending, _END)
+            if request is _END:
+                return
+            in_flight[asyncio.ensure_future(ask(request))] = request
+
+    try:
+        start()
+        while in_flight:
+            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            failure: BaseException | None = None
+            for future in finished:
+                request = in_flight.pop(future)
+                error = future.exception()
+                if error is not None and (isinstance(error, LLMFatalError) or not isinstance(error, LLMError)):
+                    failure = failure or error
+                elif not enough():
+                    settle(request, future.result() if error is None else error)
+                    if progress is not None:
+                        progress()
+            if failure is not None:
+                raise failure
+            if enough():
+                return
+            start()
+    finally:
+        for future in in_flight:
+            future.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)

@@ -38,11 +38,12 @@ def encode_batch(
     max_length: int | None = None,
     overlong: Overlong = "truncate",
 ) -> list[Encoded]:
-    """Encode conversations with one batched tokenizer call over all their pieces."""
+    """Encode conversations with one batched tokenizer call over all their pieces (without the
+    tokenizer's warning about pieces over its `model_max_length`: `max_length` decides here)."""
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     rendered = [render_pieces(template, messages, False, bos, eos) for messages in batch_messages]
     texts = [text for pieces in rendered for text, _ in pieces]
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"] if texts else []
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"] if texts else []
     out, cursor = [], 0
     for pieces in rendered:
         encoded = _assemble(pieces, ids[cursor : cursor + len(pieces)], max_length, overlong)

@@ -68,7 +68,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 def corpus_phrases() -> tuple[list[str], list[str], list[str]]:
     """(Chinese phrases, two-character words, English phrases) cut from the bundled corpus at
     punctuation: all-ideograph phrases of 4+ characters, English ones of 3+ words, no repeats."""
-    from belle.modeling import tiny_corpus_lines
+    from belle.models.tiny import tiny_corpus_lines
 
     zh, en = [], []
     for line in tiny_corpus_lines():

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """GPTQ against round-to-nearest: perplexity, sizes and quantization time on the trained tiny model.
 
-Method: `belle.modeling.build_tiny_model` builds a LLaMA (by default wider and deeper than the test
+Method: `belle.models.tiny.build_tiny_model` builds a LLaMA (by default wider and deeper than the test
 model, so that quantized layers outweigh the embeddings) and `train_tiny_model` trains it on the
 first 90% of belle's bundled corpus. `belle.gptq.quantize.quantize` (what `belle gptq quantize`
 runs) then makes one checkpoint per (method, bits, group size): RTN and GPTQ at 8, 4 and 3 bits,
 with group size 128 and without (-1, one scale per row). GPTQ is calibrated on the training text
 but its last `EVAL_CHARS` characters (`--nsamples` windows of `--seqlen` tokens); perplexity is
-measured on those last characters with `belle.gptq.evaluate.perplexity` (non-overlapping windows of
+measured on those last characters with `belle.perplexity.perplexity` (non-overlapping windows of
 `--eval-seqlen` tokens). Why not the held-out 10%: a model trained on 45 KB of text learns that
 text, not the language, so its held-out perplexity is in the thousands and any change to the
 weights moves it up or down at random; text it has learnt but that calibration never saw shows
@@ -52,11 +52,11 @@ if str(REPO) not in sys.path:
 
 from bench_common import finish, machine_info, markdown_table  # noqa: E402
 
-from belle.gptq.evaluate import perplexity  # noqa: E402
 from belle.gptq.quantize import quantize  # noqa: E402
-from belle.modeling import (  # noqa: E402
-    build_tiny_model, load_model, load_tokenizer, tiny_corpus_text, tiny_split_at, train_tiny_model, weights_bytes,
-)
+from belle.modeling import load_model, load_tokenizer, weights_bytes  # noqa: E402
+from belle.models.tiny import build_tiny_model, tiny_corpus_text, tiny_split_at  # noqa: E402
+from belle.perplexity import perplexity  # noqa: E402
+from belle.testing.tiny_training import train_tiny_model  # noqa: E402
 
 QUANTIZED_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
 EVAL_CHARS = 4000  # the training text's tail left out of calibration: about 1,500 tokens

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Serving overhead: `belle serve` (OpenAI-compatible, streamed) against `model.generate` on the same model.
 
-Method: for each model size, a random-init LLaMA is built with `belle.modeling.build_tiny_model`
+Method: for each model size, a random-init LLaMA is built with `belle.models.tiny.build_tiny_model`
 and loaded with `belle.generation.load_engine` (the loader the server uses). One chat prompt is
 encoded with the model's template, and every path generates exactly N new tokens greedily:
 temperature 0, repetition penalty 1, min_new_tokens = max_new_tokens = N (EOS is suppressed until
@@ -379,7 +379,7 @@ def model_shape(model_dir: Path) -> dict[str, Any]:
 
 def bench_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from belle.generation import GenerationParams, load_engine
-    from belle.modeling import build_tiny_model
+    from belle.models.tiny import build_tiny_model
 
     # Every torch call of this process runs in a fresh thread, never in the main thread, as in the
     # server (whose main thread loads the model and whose generations each run in a new thread).

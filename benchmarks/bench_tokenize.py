@@ -69,7 +69,7 @@ def chinese_pool(seed: int = 0, sampled_chars: int = 2_000_000) -> str:
     stops near 17.5k and a conversation shrinks to a few hundred tokens). Sampled characters keep
     Chinese's skewed character distribution while giving the pair statistics a 32k vocabulary needs.
     """
-    from belle.modeling import tiny_corpus_lines
+    from belle.models.tiny import tiny_corpus_lines
 
     lines = [line.strip() for line in tiny_corpus_lines()]
     corpus = "".join(line for line in lines if len(_CJK.findall(line)) > 0.3 * len(line))
@@ -117,7 +117,7 @@ def write_belle_jsonl(path: Path, n: int, seed: int) -> int:
 def build_tokenizer(conversations: list[list[dict[str, str]]], vocab_size: int) -> Any:
     from transformers import PreTrainedTokenizerFast
 
-    from belle.modeling import TINY_SPECIAL_TOKENS, train_bpe_tokenizer
+    from belle.models.tiny import TINY_SPECIAL_TOKENS, train_bpe_tokenizer
 
     lines = [m["content"] for messages in conversations for m in messages]
     backend = train_bpe_tokenizer(lines, vocab_size, TINY_SPECIAL_TOKENS)

@@ -4,7 +4,7 @@
 Method: the answered rows of a real instruction set (`eval_set.json` of BELLE's eval data: each
 row's `question` as the user turn, its `std_answer` as the assistant turn; rows with an empty answer
 are skipped) are cycled to N conversations and written as a `messages` JSONL file in a temporary
-folder. A random-init LLaMA is built with `belle.modeling.build_tiny_model`. Each arm is then the
+folder. A random-init LLaMA is built with `belle.models.tiny.build_tiny_model`. Each arm is then the
 real training CLI, `python -m belle train`, as a subprocess with the same settings but `data.pack`:
 
     padding: data.pack=false, training.batch_size=B samples, each batch padded to its longest sample
@@ -166,7 +166,7 @@ def length_profile(jsonl: Path, model_dir: Path, max_length: int, batch_size: in
 
 
 def build_model(size: str, out: Path) -> Path:
-    from belle.modeling import build_tiny_model
+    from belle.models.tiny import build_tiny_model
 
     return build_tiny_model(out, **SIZES[size])
 

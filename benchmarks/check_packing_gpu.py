@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 from bench_common import finish, machine_info, markdown_table  # noqa: E402
 
 from belle.architectures import FAMILIES  # noqa: E402
-from belle.modeling import build_tiny_model  # noqa: E402
+from belle.models.tiny import build_tiny_model  # noqa: E402
 from belle.train.packing import PROBE_TOLERANCE, packed_logit_gap  # noqa: E402
 
 LENGTHS = (70, 50, 20)

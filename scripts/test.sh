@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite offline (no model or dataset downloads).
+# Set up and run the whole test suite offline (no model or dataset downloads). Arguments go to pytest:
+# `bash scripts/test.sh -m "not slow"` is the quick check, `-k NAME` one area.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -13,6 +13,7 @@ import pytest
 from belle.architectures import FAMILIES, JOBS, MATRIX_ROWS, MatrixRow, matrix_markdown, refusal
 from belle.cli import main as belle
 from tests.conftest import REPO, SAMPLES
+from tests.helpers import read_jsonl
 
 ROWS = {row.id: row for row in MATRIX_ROWS}
 JOB = {job.id: job for job in JOBS}
@@ -39,7 +40,7 @@ def test_matrix_names_every_family_and_job():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """`model_dir(row)`: the row's tiny model, built once per test module."""
-    from belle.modeling import build_tiny_model
+    from belle.models.tiny import build_tiny_model
 
     built = {}
 
@@ -167,7 +168,7 @@ def cell_eval_generate(capsys, monkeypatch, row, model, tmp):
     answers = tmp / "answers.jsonl"
     assert_ran(run(capsys, "eval", "generate", "--model", model, "--output", answers, "--limit", "3",
                    "--max-new-tokens", "8", "--batch-size", "3"))
-    records = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
+    records = read_jsonl(answers)
     assert len(records) == 3 and all(isinstance(r.get("answer"), str) for r in records), records
 
 

@@ -1,12 +1,16 @@
 """belle.cli: the command line generated from verb signatures; `belle data convert` end to end."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
 from belle.cli import UsageError, main, run_verbs
+from belle.config import ConfigError
+from belle.records import DataError
+from tests.helpers import read_jsonl, write_lines
 
 
 def make_verbs(calls: list):
@@ -229,6 +233,7 @@ def test_belle_unknown_job_exits_2_naming_the_choices(capsys):
     assert "unknown job 'trian'" in err and "data" in err
 
 
+@pytest.mark.slow
 def test_belle_subprocess_without_arguments_exits_2(belle_cli):
     result = belle_cli()
     assert result.returncode == 2
@@ -237,16 +242,6 @@ def test_belle_subprocess_without_arguments_exits_2(belle_cli):
 
 # ---------------------------------------------------------------------------------------------
 # `belle data convert` end to end
-
-
-def write_lines(path: Path, *lines) -> Path:
-    text = "".join((item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)) + "\n" for item in lines)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 MULTITURN = "Human:你好\nAssistant:嗨\nHuman:再见\nAssistant:"
@@ -270,6 +265,7 @@ def mixed(tmp_path) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_data_convert_writes_belle_records_and_lists_every_rejected_line(belle_cli, mixed, tmp_path):
     out = tmp_path / "out" / "train.jsonl"
     result = belle_cli("data", "convert", "--input", str(mixed), "--output", str(out))
@@ -295,9 +291,9 @@ def test_data_convert_writes_belle_records_and_lists_every_rejected_line(belle_c
     assert str(listing) in result.stderr
 
 
-def test_data_convert_to_messages(belle_cli, mixed, tmp_path):
+def test_data_convert_to_messages(belle_main, mixed, tmp_path):
     out = tmp_path / "messages.jsonl"
-    result = belle_cli("data", "convert", "--input", str(mixed), "--output", str(out), "--to", "messages")
+    result = belle_main("data", "convert", "--input", str(mixed), "--output", str(out), "--to", "messages")
     assert result.returncode == 0, result.stderr
     records = read_jsonl(out)
     assert records[0] == {"id": "b1", "messages": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]}
@@ -305,17 +301,17 @@ def test_data_convert_to_messages(belle_cli, mixed, tmp_path):
     assert all(set(r) == {"id", "messages"} for r in records)
 
 
-def test_data_convert_unknown_output_format_exits_2(belle_cli, mixed, tmp_path):
+def test_data_convert_unknown_output_format_exits_2(belle_main, mixed, tmp_path):
     out = tmp_path / "x.jsonl"
-    result = belle_cli("data", "convert", "--input", str(mixed), "--output", str(out), "--to", "xml")
+    result = belle_main("data", "convert", "--input", str(mixed), "--output", str(out), "--to", "xml")
     assert result.returncode == 2
     assert "--to must be one of belle, messages" in result.stderr
     assert not out.exists()
 
 
-def test_data_convert_strict_stops_at_the_first_bad_line_and_writes_nothing(belle_cli, mixed, tmp_path):
+def test_data_convert_strict_stops_at_the_first_bad_line_and_writes_nothing(belle_main, mixed, tmp_path):
     out = tmp_path / "out" / "strict.jsonl"
-    result = belle_cli("data", "convert", "--input", str(mixed), "--output", str(out), "--strict")
+    result = belle_main("data", "convert", "--input", str(mixed), "--output", str(out), "--strict")
     assert result.returncode == 2
     assert f"{mixed}:3: malformed JSON" in result.stderr
     assert "Traceback" not in result.stderr
@@ -324,31 +320,31 @@ def test_data_convert_strict_stops_at_the_first_bad_line_and_writes_nothing(bell
     assert list(out.parent.iterdir()) == []  # no temporary file left behind
 
 
-def test_data_convert_strict_replaces_nothing_when_it_fails(belle_cli, mixed, tmp_path):
+def test_data_convert_strict_replaces_nothing_when_it_fails(belle_main, mixed, tmp_path):
     out = tmp_path / "keep.jsonl"
     out.write_text("previous output\n", encoding="utf-8")
-    result = belle_cli("data", "convert", "--input", str(mixed), "--output", str(out), "--strict")
+    result = belle_main("data", "convert", "--input", str(mixed), "--output", str(out), "--strict")
     assert result.returncode == 2
     assert out.read_text(encoding="utf-8") == "previous output\n"
 
 
-def test_data_convert_from_alpaca_keeps_multiturn_instruction_literally(belle_cli, tmp_path):
+def test_data_convert_from_alpaca_keeps_multiturn_instruction_literally(belle_main, tmp_path):
     source = write_lines(tmp_path / "mt.jsonl", {"id": "m1", "instruction": MULTITURN, "input": "", "output": "拜拜"})
     out = tmp_path / "out.jsonl"
-    result = belle_cli("data", "convert", "--input", str(source), "--output", str(out), "--from", "alpaca")
+    result = belle_main("data", "convert", "--input", str(source), "--output", str(out), "--from", "alpaca")
     assert result.returncode == 0, result.stderr
     assert read_jsonl(out) == [{"id": "m1", "conversations": [{"from": "human", "value": MULTITURN},
                                                                {"from": "assistant", "value": "拜拜"}]}]
     assert "rejected 0 records" in result.stdout
 
 
-def test_data_convert_from_rejects_an_unknown_format(belle_cli, mixed, tmp_path):
-    result = belle_cli("data", "convert", "--input", str(mixed), "--output", str(tmp_path / "o.jsonl"), "--from", "csv")
+def test_data_convert_from_rejects_an_unknown_format(belle_main, mixed, tmp_path):
+    result = belle_main("data", "convert", "--input", str(mixed), "--output", str(tmp_path / "o.jsonl"), "--from", "csv")
     assert result.returncode == 2
     assert "invalid choice: 'csv'" in result.stderr
 
 
-def test_data_convert_reads_several_inputs_and_folders(belle_cli, tmp_path):
+def test_data_convert_reads_several_inputs_and_folders(belle_main, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     array = [{"id": "x1", "instruction": "一", "output": "1"}, {"id": "x2", "instruction": "二", "output": "2"}]
@@ -356,30 +352,31 @@ def test_data_convert_reads_several_inputs_and_folders(belle_cli, tmp_path):
     write_lines(folder / "b.jsonl", {"id": "x3", "text": "三"})
     single = write_lines(tmp_path / "c.jsonl", {"id": "x4", "instruction": "四", "output": "4"})
     out = tmp_path / "out.jsonl"
-    result = belle_cli("data", "convert", "--input", str(folder), str(single), "--output", str(out))
+    result = belle_main("data", "convert", "--input", str(folder), str(single), "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert [r["id"] for r in read_jsonl(out)] == ["x1", "x2", "x3", "x4"]
     assert not out.with_name("out.jsonl.rejected.txt").exists()
 
 
-def test_data_convert_removes_a_stale_rejected_listing(belle_cli, mixed, tmp_path):
+def test_data_convert_removes_a_stale_rejected_listing(belle_main, mixed, tmp_path):
     out = tmp_path / "out.jsonl"
-    assert belle_cli("data", "convert", "--input", str(mixed), "--output", str(out)).returncode == 0
+    assert belle_main("data", "convert", "--input", str(mixed), "--output", str(out)).returncode == 0
     listing = out.with_name("out.jsonl.rejected.txt")
     assert listing.exists()
     clean = write_lines(tmp_path / "clean.jsonl", {"instruction": "问", "output": "答"})
-    assert belle_cli("data", "convert", "--input", str(clean), "--output", str(out)).returncode == 0
+    assert belle_main("data", "convert", "--input", str(clean), "--output", str(out)).returncode == 0
     assert not listing.exists()
 
 
-def test_data_convert_reads_a_saved_dataset_folder(belle_cli, tmp_path):
+@pytest.mark.slow
+def test_data_convert_reads_a_saved_dataset_folder(belle_main, tmp_path):
     # `--input` help: "files or folders (.json/.jsonl, ...) or saved datasets".
     from datasets import Dataset
 
     saved = tmp_path / "saved"
     Dataset.from_list([{"id": "d1", "instruction": "问", "input": "", "output": "答"}]).save_to_disk(str(saved))
     out = tmp_path / "out.jsonl"
-    result = belle_cli("data", "convert", "--input", str(saved), "--output", str(out))
+    result = belle_main("data", "convert", "--input", str(saved), "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert read_jsonl(out) == [{"id": "d1", "conversations": [{"from": "human", "value": "问"},
                                                                {"from": "assistant", "value": "答"}]}]
@@ -391,17 +388,14 @@ def test_a_dataclass_parameter_becomes_a_group_of_flags(capsys):
 
     @dataclass
     class Endpoint:
-        """Where to send requests.
-
-        Args:
-            model: model name.
-            base_url: endpoint root.
-            rpm: requests per minute.
-        """
+        """Where to send requests."""
 
         model: str
+        """model name."""
         base_url: str | None = None
+        """endpoint root."""
         rpm: float | None = None
+        """requests per minute."""
 
     seen = {}
 
@@ -420,3 +414,82 @@ def test_a_dataclass_parameter_becomes_a_group_of_flags(capsys):
     with pytest.raises(SystemExit):
         run_verbs([ask], ["ask", "--help"], "prog")
     assert "requests per minute" in capsys.readouterr().out
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode."""
+
+    temperature: float = 0.1
+    """sampling temperature."""
+    max_new_tokens: int = 512
+    """the longest reply."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.temperature < 0:
+            found.append(f"temperature must be 0 or more, not {self.temperature}")
+        if self.max_new_tokens < 1:
+            found.append(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        return found
+
+
+@dataclass(frozen=True)
+class Sampling(Decoding):
+    """How to decode, as plain flags."""
+
+    FLAT: ClassVar[bool] = True
+
+
+def test_a_flat_group_keeps_plain_flags_and_a_verb_may_change_its_defaults(capsys):
+    seen = {}
+
+    def answer(*, sampling: Sampling = Sampling(temperature=0.001), judge: Decoding = Decoding()) -> None:
+        """Answer."""
+        seen.update(sampling=sampling, judge=judge)
+
+    assert run_verbs([answer], ["answer", "--max-new-tokens", "9"], "prog") == 0
+    assert seen == {"sampling": Sampling(0.001, 9), "judge": Decoding(0.1, 512)}
+    with pytest.raises(SystemExit):
+        run_verbs([answer], ["answer", "--help"], "prog")
+    help_text = capsys.readouterr().out
+    assert "--temperature" in help_text and "--judge-temperature" in help_text
+    assert "sampling temperature. (default: 0.001)" in " ".join(help_text.split())
+
+
+def test_problems_of_a_flag_group_exit_2_one_line_each_before_the_verb_runs(capsys):
+    called = []
+
+    def answer(*, sampling: Sampling, judge: Decoding) -> None:
+        """Answer."""
+        called.append(True)
+
+    argv = ["answer", "--temperature", "-1", "--max-new-tokens", "0", "--judge-temperature", "-2"]
+    assert run_verbs([answer], argv, "prog") == 2
+    assert not called
+    assert capsys.readouterr().err.splitlines() == [
+        "prog: error: temperature must be 0 or more, not -1.0",
+        "prog: error: max_new_tokens must be at least 1, not 0",
+        "prog: error: --judge-...: temperature must be 0 or more, not -2.0",
+    ]
+
+
+@pytest.mark.parametrize("error", [DataError("data.jsonl:3: question: missing"),
+                                   ConfigError(["lora.r: must be at least 1"], "train.yaml")])
+def test_user_input_errors_exit_2_without_a_traceback(error, capsys):
+    def load() -> None:
+        """Load."""
+        raise error
+
+    assert run_verbs([load], ["load"], "prog") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"prog: error: {str(error).splitlines()[0]}") and "Traceback" not in err
+
+
+def test_a_value_error_from_a_bug_is_not_swallowed():
+    def load() -> None:
+        """Load."""
+        raise ValueError("a bug in belle")
+
+    with pytest.raises(ValueError, match="a bug in belle"):
+        run_verbs([load], ["load"], "prog")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from belle.cli import _call, main
-from belle.conversation import DataError
+from belle.records import DataError
 
 LLM = ["--model", "m", "--base-url", "http://127.0.0.1:9/v1"]  # a closed port: no case gets as far as a request
 NOT_WRITABLE = "/sys/belle-hostile"  # read-only even for root
@@ -175,7 +175,7 @@ def test_a_file_the_job_did_not_write_is_never_cut(paths, capsys):
     notes = Path(paths["notes"])
     assert run_main(["data", "generate", *LLM, "--output", str(notes), "--num", "5"]) == 2
     assert notes.read_text() == "my notes, no final newline"
-    from belle.jsonl import resume_records
+    from belle.records import resume_records
 
     handwritten = Path(paths["tmp"]) / "handwritten.jsonl"
     handwritten.write_text('{"id": "a"}\n{"id": "b"}')

@@ -4,10 +4,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import argparse
+import logging
+
 import pytest
 import yaml
 
-from belle.config import ConfigError, config_keys, config_to_dict, load_config, save_config
+from belle.cli import UsageError
+from belle.config import Alias, ConfigError, config_keys, config_to_dict, load_config, parse_config_args, save_config
 
 
 @dataclass
@@ -56,9 +60,9 @@ def write_yaml(tmp_path, text: str) -> Path:
     return path
 
 
-def problems_of(*args, cls=Config) -> list[str]:
+def problems_of(*args, cls=Config, aliases=None) -> list[str]:
     with pytest.raises(ConfigError) as e:
-        load_config(cls, *args)
+        load_config(cls, *args, aliases=aliases)
     return e.value.problems
 
 
@@ -193,9 +197,21 @@ def test_unknown_top_level_key_in_yaml_names_the_nearest_valid_key(tmp_path):
     assert "unknown key 'output_dri'" in problem and "did you mean 'output_dir'" in problem
 
 
-def test_unknown_key_far_from_any_lists_the_valid_keys():
+def test_unknown_key_far_from_any_says_so_without_listing_every_key():
     (problem,) = problems_of(None, ["qqqqqqqqqq=1"])
-    assert "valid keys:" in problem and "lora.target_modules" in problem and "output_dir" in problem
+    assert problem == "unknown key 'qqqqqqqqqq'; no valid key is close to it (--help lists them)"
+
+
+def test_unknown_key_is_matched_against_the_full_dotted_keys():
+    # A scalar is never pointed at a section: `lora_rank` is lora.r, not 'lora'.
+    assert problems_of(None, ["lora_rank=8"]) == ["unknown key 'lora_rank'; did you mean 'lora.r'?"]
+    assert problems_of(None, ["r=8"]) == ["unknown key 'r'; did you mean 'lora.r'?"]
+    assert problems_of(None, ["model.dropuot=0.1"]) == ["unknown key 'model.dropuot'; did you mean 'lora.dropout'?"]
+
+
+def test_unknown_section_names_the_nearest_section_or_each_of_its_keys(tmp_path):
+    assert problems_of(write_yaml(tmp_path, "lroa:\n  r: 3\n")) == ["unknown key 'lroa'; did you mean 'lora'?"]
+    assert problems_of(None, ["adapter.dropuot=0.1"]) == ["unknown key 'adapter.dropuot'; did you mean 'lora.dropout'?"]
 
 
 def test_all_problems_are_reported_together():
@@ -272,6 +288,115 @@ def test_problems_methods_of_every_section_are_collected_with_their_prefix():
 def test_problems_methods_run_only_on_well_typed_values():
     # `r` is a string here: problems() would compare str <= int; the type error is reported instead.
     assert problems_of(None, ["lora.r=abc"]) == ["lora.r: expected a number, got 'abc'"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Aliases: other tools' names for a key
+
+
+def _on_off(value):
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return "float32" if value else None
+
+
+ALIASES = {"rank": Alias("lora.r"), "fp32": Alias("model.dtype", _on_off, switch=True), "out": Alias("output_dir")}
+
+
+def test_an_alias_sets_its_key_from_the_file_and_the_command_line(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="belle.config"):
+        path = write_yaml(tmp_path, "rank: 4\nout: runs/a\n")
+        config = load_config(Config, path, ["rank=6", "fp32=true"], aliases=ALIASES)
+    assert config.lora.r == 6 and config.output_dir == Path("runs/a") and config.model.dtype == "float32"
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == ["rank is belle's lora.r; using it", "out is belle's output_dir; using it",
+                     "fp32=true is belle's model.dtype=float32; using it"]  # once each, though rank came twice
+
+
+def test_a_converting_alias_may_set_nothing_and_says_so(caplog):
+    with caplog.at_level(logging.INFO, logger="belle.config"):
+        assert load_config(Config, None, ["fp32=false"], aliases=ALIASES).model.dtype == "auto"
+    assert [r.getMessage() for r in caplog.records] == ["fp32=false leaves belle's model.dtype as it is; ignoring it"]
+
+
+def test_a_value_a_converting_alias_cannot_take_is_a_problem():
+    assert problems_of(None, ["fp32=maybe"], aliases=ALIASES) == ["fp32: expected true or false, got 'maybe'"]
+
+
+def test_an_alias_and_its_key_both_in_the_file_is_a_problem(tmp_path):
+    path = write_yaml(tmp_path, "rank: 4\nlora:\n  r: 8\n")
+    assert problems_of(path, aliases=ALIASES) == ["rank and lora.r both set lora.r; keep one"]
+
+
+def test_an_override_of_an_alias_wins_over_the_file_key(tmp_path):
+    assert load_config(Config, write_yaml(tmp_path, "lora:\n  r: 8\n"), ["rank=2"], aliases=ALIASES).lora.r == 2
+
+
+def test_an_alias_string_value_keeps_its_text():
+    assert load_config(Config, None, ["out=1.10"], aliases=ALIASES).output_dir == Path("1.10")
+
+
+def test_a_misspelt_alias_names_its_key():
+    assert problems_of(None, ["rnak=3"], aliases=ALIASES) == ["unknown key 'rnak'; did you mean 'lora.r'?"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line of a config job
+
+
+def cli_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="job", allow_abbrev=False)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--local_rank", "--local-rank", type=int)
+    return parser
+
+
+def parsed(*argv):
+    args = parse_config_args(cli_parser(), argv, Config, ALIASES)
+    return args.config, args.overrides
+
+
+def test_first_positional_yaml_or_existing_file_is_the_config(tmp_path):
+    assert parsed("run.yaml", "lora.r=3") == (Path("run.yaml"), ["lora.r=3"])
+    assert parsed("run.yml") == (Path("run.yml"), [])
+    existing = tmp_path / "config"
+    existing.write_text("seed: 1\n")
+    assert parsed(str(existing), "seed=2") == (existing, ["seed=2"])
+    assert parsed("--config", "a.yaml", "seed=2") == (Path("a.yaml"), ["seed=2"])
+    assert parsed("data.path=x.yaml") == (None, ["data.path=x.yaml"])  # an override, though it ends in .yaml
+
+
+def test_a_config_given_twice_or_late_is_a_usage_error():
+    with pytest.raises(UsageError, match=r"^two configs: a.yaml and --config b.yaml; give one$"):
+        parsed("a.yaml", "--config", "b.yaml")
+    with pytest.raises(UsageError, match=r"^two configs: a.yaml and b.yaml; give one$"):
+        parsed("a.yaml", "b.yaml")
+    with pytest.raises(UsageError, match=r"^b.yaml: the config file comes first: job CONFIG.yaml key=value"):
+        parsed("seed=1", "b.yaml")
+
+
+def test_dash_dash_keys_are_overrides_in_order():
+    assert parsed("a.yaml", "--lora.r", "8", "seed=1", "--lora.alpha=4", "--seed", "-3", "--output-dir", "o") == (
+        Path("a.yaml"), ["lora.r=8", "seed=1", "lora.alpha=4", "seed=-3", "output_dir=o"])
+
+
+def test_a_bare_flag_of_a_bool_key_or_switch_alias_is_true():
+    assert parsed("--lora.enabled", "--fp32") == (None, ["lora.enabled=true", "fp32=true"])
+    assert parsed("--lora.enabled", "false", "seed=1") == (None, ["lora.enabled=false", "seed=1"])
+    assert parsed("--lora.enabled", "a.yaml") == (Path("a.yaml"), ["lora.enabled=true"])
+
+
+def test_a_dash_dash_key_without_a_value_is_a_usage_error():
+    with pytest.raises(UsageError, match=r"^--seed needs a value: --seed VALUE, or seed=VALUE$"):
+        parsed("--seed")
+    with pytest.raises(UsageError, match="--lora.r needs a value"):
+        parsed("--lora.r", "--seed", "1")
+
+
+def test_the_parsers_own_options_stay_its_own():
+    args = parse_config_args(cli_parser(), ["--local_rank=1", "a.yaml", "--local-rank", "2", "seed=1"], Config, ALIASES)
+    assert (args.local_rank, args.config, args.overrides) == (2, Path("a.yaml"), ["seed=1"])
 
 
 # ---------------------------------------------------------------------------------------------

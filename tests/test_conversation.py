@@ -2,25 +2,15 @@
 
 import itertools
 import json
-import time
 import types
 from pathlib import Path
 
 import pytest
 
-from belle.conversation import (
-    Conversation,
-    DataError,
-    RejectReport,
-    Rejection,
-    detect_format,
-    iter_json_records,
-    list_data_files,
-    read_conversations,
-    record_to_messages,
-    to_belle,
-    to_messages,
-)
+from belle.conversation import (Conversation, detect_format, read_conversations, record_to_messages, to_belle,
+                                to_messages)
+from belle.records import DataError, RejectReport, Rejection, list_data_files
+from tests.helpers import count_text_read, write_lines
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
@@ -35,14 +25,6 @@ def A(content):
 
 def S(content):
     return {"role": "system", "content": content}
-
-
-def write_lines(path: Path, *lines) -> Path:
-    """One line per item: dicts (and other JSON values) dumped, strings written as they are."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join((item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)) + "\n" for item in lines)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def read_all(source, **kwargs):
@@ -175,12 +157,7 @@ def test_format_is_detected_per_record_in_one_mixed_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: JSON lines, JSON arrays, BOM, blank lines, folders
-
-
-def test_jsonl_skips_blank_lines_and_keeps_file_line_numbers(tmp_path):
-    path = write_lines(tmp_path / "d.jsonl", "", GOOD, "   ", "", {"text": "t"}, "")
-    assert [line for line, _ in iter_json_records(path)] == [2, 5]
+# Files: BOM, broken arrays, folders (the record reader itself: tests/test_records.py)
 
 
 def test_jsonl_with_utf8_bom_is_read(tmp_path):
@@ -189,80 +166,6 @@ def test_jsonl_with_utf8_bom_is_read(tmp_path):
     conversations, report = read_all(path)
     assert [c.messages for c in conversations] == [[U("你好"), A("你好！")]]
     assert report.total == 0
-
-
-def pretty_array(records) -> tuple[str, list[int]]:
-    """A pretty-printed JSON array of objects, and the line on which each element starts."""
-    text = json.dumps(records, ensure_ascii=False, indent=2)
-    starts = [n for n, line in enumerate(text.splitlines(), start=1) if line == "  {"]
-    return text + "\n", starts
-
-
-ARRAY_RECORDS = [
-    {"instruction": "列举三种节约用水的方法。", "input": "", "output": "关掉水龙头；\n用洗菜水浇花；\n修理漏水。"},
-    {"id": 7, "instruction": "翻译", "input": "早上好", "output": "Good morning, \"friend\" [1], {2}"},
-    {"conversations": [{"from": "human", "value": "你好"}, {"from": "assistant", "value": "你好！有什么可以帮你？"}]},
-    {"messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}]},
-]
-
-
-@pytest.mark.parametrize("chunk_chars", [1, 7, 64, 1 << 20])
-def test_json_array_yields_each_element_with_the_line_it_starts_on(tmp_path, chunk_chars):
-    text, starts = pretty_array(ARRAY_RECORDS)
-    assert len(starts) == len(ARRAY_RECORDS)  # the helper found one start per element
-    path = tmp_path / "arr.json"
-    path.write_text(text, encoding="utf-8")
-    assert list(iter_json_records(path, chunk_chars=chunk_chars)) == list(zip(starts, ARRAY_RECORDS))
-
-
-@pytest.mark.parametrize("chunk_chars", [3, 7, 64])
-def test_json_array_numbers_split_by_a_chunk_boundary_are_read_whole(tmp_path, chunk_chars):
-    path = tmp_path / "numbers.json"
-    path.write_text("[1234567890,\n 42,\n 3.14159265]", encoding="utf-8")
-    assert list(iter_json_records(path, chunk_chars=chunk_chars)) == [(1, 1234567890), (2, 42), (3, 3.14159265)]
-
-
-@pytest.mark.parametrize("chunk_chars", [7, 1 << 20])
-def test_json_array_with_bom_and_one_element_per_line(tmp_path, chunk_chars):
-    path = tmp_path / "bom.json"
-    body = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in ARRAY_RECORDS) + "\n]\n"
-    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
-    assert list(iter_json_records(path, chunk_chars=chunk_chars)) == [(n, r) for n, r in enumerate(ARRAY_RECORDS, start=2)]
-
-
-@pytest.mark.parametrize("chunk_chars", [7, 64])
-def test_json_array_after_more_blank_lines_than_one_chunk(tmp_path, chunk_chars):
-    path = tmp_path / "late.json"
-    path.write_text("\n" * 100 + "[\n" + json.dumps(GOOD, ensure_ascii=False) + "\n]\n", encoding="utf-8")
-    assert list(iter_json_records(path, chunk_chars=chunk_chars)) == [(102, GOOD)]
-
-
-def test_empty_json_array_yields_nothing(tmp_path):
-    path = tmp_path / "empty.json"
-    path.write_text("[\n]\n", encoding="utf-8")
-    assert list(iter_json_records(path)) == []
-
-
-@pytest.mark.parametrize("chunk_chars", [7, 64, 1 << 20])
-def test_malformed_element_in_json_array_is_rejected_and_reading_goes_on_at_the_next(tmp_path, chunk_chars):
-    path = tmp_path / "broken.json"
-    path.write_text(
-        '[\n'
-        '  {"instruction": "a", "output": "b"},\n'
-        '  {"instruction": "c",\n'
-        '   "output": oops},\n'
-        '  {"instruction": "d", "output": "e"}\n'
-        ']\n',
-        encoding="utf-8",
-    )
-    items = list(iter_json_records(path, chunk_chars=chunk_chars))
-    assert items[0] == (2, {"instruction": "a", "output": "b"})
-    assert items[2] == (5, {"instruction": "d", "output": "e"})
-    assert len(items) == 3
-    line, rejection = items[1]
-    assert line == 3  # where the element starts; the detail names the line of the bad token
-    assert isinstance(rejection, Rejection) and rejection.reason == "malformed JSON"
-    assert rejection.detail == "Expecting value on line 4 (skipped to the next element)"
 
 
 def test_malformed_array_rejection_is_reported_and_the_next_file_is_still_read(tmp_path):
@@ -383,10 +286,6 @@ def test_skip_policy_counts_every_reason_and_summarizes(tmp_path):
     assert report.summary() == "rejected 5 records (malformed JSON: 3, unknown role: 1, no assistant turn: 1)"
     assert [line.split(": ")[0] for line in seen] == [f"{path}:{n}" for n in (2, 3, 4, 6, 7)]
     assert seen == report.lines
-
-
-def test_summary_with_no_rejections():
-    assert RejectReport().summary() == "rejected 0 records"
 
 
 def test_report_without_lines_still_counts(tmp_path):
@@ -532,26 +431,19 @@ def test_sample_files_read_without_rejections(name, count):
 # Streaming
 
 
-def test_read_conversations_streams_a_large_file(tmp_path):
+def test_read_conversations_streams_a_large_file(tmp_path, monkeypatch):
     path = tmp_path / "big.jsonl"
     # The last line is bad: with policy strict, reading it would raise, so getting the first
     # records without an error proves they came before the end of the file was read.
     path.write_text('{"instruction": "问", "output": "答"}\n' * 200_000 + "{broken\n", encoding="utf-8")
-    start = time.perf_counter()
+    size = len(path.read_text(encoding="utf-8"))
+    text_read = count_text_read(monkeypatch, path)
     conversations = read_conversations(path, policy="strict")
     assert isinstance(conversations, types.GeneratorType)
     first = list(itertools.islice(conversations, 10))
-    elapsed = time.perf_counter() - start
     assert [c.id for c in first] == [f"big-{n}" for n in range(1, 11)]
-    assert elapsed < 1.0, f"reading 10 records took {elapsed:.2f}s: the file is not streamed"
+    assert 0 < text_read() < size / 10, f"{text_read()} of {size} characters read for 10 records: the file is not streamed"
     conversations.close()
-
-
-def test_pretty_printed_objects_one_after_another_are_read_with_their_start_lines(tmp_path):
-    path = tmp_path / "pretty.json"
-    records = [{"instruction": "翻译：猫", "output": "cat"}, {"instruction": "翻译：狗", "output": "dog"}]
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False, indent=2) for r in records) + "\n", encoding="utf-8")
-    assert list(iter_json_records(path, chunk_chars=16)) == [(1, records[0]), (5, records[1])]
 
 
 def test_unknown_forced_format_is_a_clear_error(tmp_path):

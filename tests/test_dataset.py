@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from belle.conversation import DataError
 from belle.dataset import load_conversations, rejected_lines, tokenize_dataset
+from belle.records import DataError
 from belle.templates import get_template
 from belle.tokenization import encode_batch
 

@@ -16,17 +16,16 @@ from types import ModuleType, SimpleNamespace
 import pytest
 
 from belle.cli import JOBS, job_parsers
-from belle.config import load_config
 from belle.conversation import FORMATS, detect_format, read_conversations
 from belle.data.dialogue import read_chat_seeds
 from belle.data.selfinstruct import read_seed_tasks
 from belle.eval.answers import read_answers
 from belle.eval.evalset import read_eval_set
 from belle.eval.judging import read_judge_prompts
+from belle.train import cli as train_cli
 from belle.train.preference import load_preference_pairs
-from belle.train.config import TrainConfig
-from tests.chat.conftest import free_port
 from tests.conftest import REPO
+from tests.helpers import free_port
 
 DOCS = REPO / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
@@ -115,12 +114,14 @@ def parse_command(parsers: dict, words: list[str]) -> None:
     if rest and f"belle {job} {rest[0]}" in parsers:
         parsers[f"belle {job} {rest[0]}"].parse_args(rest[1:])
         return
-    args = parsers[f"belle {job}"].parse_args(rest)
-    if job == "train":
-        config = args.config
-        if config and config.is_relative_to(IMAGE_REPO):
-            config = config.relative_to(IMAGE_REPO)
-        load_config(TrainConfig, REPO / config if config else None, args.overrides)
+    if job != "train":
+        parsers[f"belle {job}"].parse_args(rest)
+        return
+    args = train_cli.parse_args(rest)
+    config = args.config
+    if config and config.is_relative_to(IMAGE_REPO):
+        config = config.relative_to(IMAGE_REPO)
+    train_cli.load_train_config(REPO / config if config else None, args.overrides)
 
 
 # ---- the site -----------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ def build_site(root: Path, out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_site_builds_in_strict_mode(tmp_path):
     done = build_site(REPO, tmp_path / "site")
     assert done.returncode == 0, done.stderr[-5000:]
@@ -140,6 +142,7 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     assert "--8&lt;--" not in benchmarks and "tokens/s" in benchmarks  # the snippets were included
 
 
+@pytest.mark.slow
 def test_a_broken_link_fails_the_build(tmp_path):
     """In a copy of the repository (docs copied, the rest linked), one bad link stops the build."""
     root = tmp_path / "repo"

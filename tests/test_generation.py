@@ -48,6 +48,7 @@ def test_bad_params_are_refused(field, value, message):
         GenerationParams(**{field: value})
 
 
+@pytest.mark.slow
 def test_stream_equals_generate(tiny_engine):
     ids = prompt(tiny_engine)
     stream = tiny_engine.stream(ids, GREEDY)
@@ -58,6 +59,7 @@ def test_stream_equals_generate(tiny_engine):
     assert stream.prompt_tokens == whole.prompt_tokens == len(ids)
 
 
+@pytest.mark.slow
 def test_left_padded_batch_equals_one_by_one(tiny_engine):
     prompts = [prompt(tiny_engine, text) for text in ("你好", "请写一首关于春天的长诗，要有押韵。", "What is BELLE?")]
     assert len({len(p) for p in prompts}) == 3
@@ -65,6 +67,7 @@ def test_left_padded_batch_equals_one_by_one(tiny_engine):
     assert [c.text for c in batch] == [tiny_engine.generate(p, GREEDY).text for p in prompts]
 
 
+@pytest.mark.slow
 def test_stop_string_ends_the_reply(tiny_engine):
     ids = prompt(tiny_engine)
     full = tiny_engine.generate(ids, GREEDY).text
@@ -78,6 +81,7 @@ def test_stop_string_ends_the_reply(tiny_engine):
     assert batch.completion_tokens < 40
 
 
+@pytest.mark.slow
 def test_eos_ends_the_reply(tiny_engine, tokenizer):
     ids = prompt(tiny_engine)
     settings = {**GREEDY.generate_kwargs(), "max_new_tokens": 8, "min_new_tokens": 8}
@@ -136,6 +140,7 @@ def test_oldest_exchanges_are_dropped_to_fit(tiny_engine):
     stream.text()
 
 
+@pytest.mark.slow
 def test_lora_adapter_folder_loads_on_its_base(tiny_model_dir, tiny_engine, tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -182,6 +187,7 @@ def test_not_a_model_folder(tmp_path):
         load_engine(tmp_path)
 
 
+@pytest.mark.slow
 def test_gptq_folder_loads_and_generates(tiny_gptq_dir):
     from safetensors import safe_open
 

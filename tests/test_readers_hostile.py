@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from belle import cli
-from belle.conversation import DataError, RejectReport, Rejection, iter_json_records, list_data_files, read_conversations
-from belle.jsonl import numbered_records
+from belle.conversation import read_conversations
+from belle.records import DataError, Rejection, RejectReport, iter_json_records, list_data_files, numbered_records
 
 GOOD = {"instruction": "你好", "output": "你好！"}
 GBK_LINE = json.dumps(GOOD, ensure_ascii=False).encode("gbk") + b"\n"

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 
 import pytest
-import torch
 
 from belle.conversation import read_conversations
 from belle.generation import GenerationParams, load_engine
@@ -21,7 +20,7 @@ TRICKY_TEXTS = ["  two leading spaces", "龘🦄 rare", " 世界  double  spaces
 
 @pytest.fixture(scope="module")
 def sp_dir(tmp_path_factory):
-    from belle.modeling import build_tiny_model
+    from belle.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("sp") / "model", tokenizer_kind="sentencepiece")
 
@@ -75,6 +74,7 @@ def test_training_labels_never_include_pad(sp_engine):
     assert not (batch["input_ids"][~padding] == tok.pad_token_id).any()  # byte fallback: no text is <unk>
 
 
+@pytest.mark.slow
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(sp_engine):
     short = sp_engine.encode_chat([{"role": "user", "content": "你好"}])
     long = sp_engine.encode_chat([{"role": "user", "content": "今天天气怎么样？请详细地回答，谢谢你。"}])
@@ -96,6 +96,7 @@ def test_streaming_decoder_equals_decoding_the_whole_reply(sp_engine, text):
     assert not any("\ufffd" in delta for delta in deltas)
 
 
+@pytest.mark.slow
 def test_generation_stops_at_eos_and_streams_the_same_text(sp_engine):
     tok = sp_engine.tokenizer
     prompt = sp_engine.encode_chat([{"role": "user", "content": "你好"}])
@@ -112,6 +113,7 @@ def test_generation_stops_at_eos_and_streams_the_same_text(sp_engine):
     assert (stream.finish_reason, stream.completion_tokens) == ("stop", len(reply) + 1)
 
 
+@pytest.mark.slow
 def test_random_model_streams_what_it_generates(sp_engine):
     """Untrained, the model emits stray byte pieces (invalid UTF-8) among words: the stream still
     adds up to the decoded reply."""

@@ -50,7 +50,8 @@ def belle_reference(conversation: dict, tokenizer) -> tuple[list[int], list[int]
 def metaspace_tokenizer(tmp_path_factory):
     """The tokenizer `belle model tiny --tokenizer sentencepiece` ships, loaded as belle loads it:
     LLaMA's shape (`▁` word prefix, byte fallback, BOS added, no pad of its own)."""
-    from belle.modeling import build_tiny_model, load_tokenizer
+    from belle.modeling import load_tokenizer
+    from belle.models.tiny import build_tiny_model
 
     return load_tokenizer(build_tiny_model(tmp_path_factory.mktemp("sp") / "model", tokenizer_kind="sentencepiece"))
 

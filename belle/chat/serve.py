@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Literal, Sequence
+from dataclasses import asdict
+from typing import Sequence
 
 from belle.chat.engines import load_engines
 from belle.cli import UsageError, run_command
+from belle.generation import EngineOptions, LoadOptions
 
 logger = logging.getLogger(__name__)
 API_KEY_ENV = "BELLE_API_KEY"
@@ -21,17 +22,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
-    template: str | None = None,
-    base: Path | None = None,
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
-    device: str | None = None,
-    context_length: int | None = None,
     max_concurrent: int = 4,
     max_queue: int = 32,
     max_input_tokens: int | None = None,
     max_tokens: int | None = None,
     max_request_bytes: int = 4 * 1024 * 1024,
-    trust_remote_code: bool = False,
+    engine: EngineOptions = EngineOptions(),
+    load: LoadOptions = LoadOptions(),
 ) -> int:
     """Serve models through an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /health.
 
@@ -40,17 +37,11 @@ def serve(
         host: address to bind; 0.0.0.0 exposes the server to the network.
         port: port to bind.
         api_key: require `Authorization: Bearer KEY`; default: the BELLE_API_KEY variable, else no key.
-        template: prompt template; default: the one in the model's belle.json, else its chat_template.
-        base: base model folder for a LoRA adapter whose recorded base path is elsewhere.
-        dtype: weights dtype; auto is bfloat16 on GPUs that support it, float16 on others, float32 on CPU.
-        device: cpu, cuda, cuda:N or auto; default: cuda if present.
-        context_length: tokens of prompt plus reply; default: the model's max_position_embeddings.
         max_concurrent: generations running at once.
         max_queue: requests waiting for a slot; more are refused with 429.
         max_input_tokens: longest prompt accepted, in tokens; default: the context less one.
         max_tokens: largest max_tokens a request may ask for; default: no limit but the context.
         max_request_bytes: largest request body, in bytes (4 MiB); a larger one is refused with 413 before it is read.
-        trust_remote_code: run Python code shipped in the model folder.
     """
     import uvicorn
 
@@ -65,8 +56,7 @@ def serve(
     if max_request_bytes < 1:
         raise UsageError(f"--max-request-bytes must be at least 1, not {max_request_bytes}")
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    engines = load_engines(model, base=base, template=template, dtype=dtype, device=device,
-                           context_length=context_length, trust_remote_code=trust_remote_code)
+    engines = load_engines(model, **asdict(engine), **asdict(load))
     limits = ServerLimits(max_concurrent, max_queue, max_input_tokens, max_tokens, max_request_bytes)
     app = create_app(engines, limits, api_key)
     if host not in LOOPBACK:

@@ -29,8 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from belle.chat.protocol import (
     APIError, ChatRequest, CompletionRequest, Reply, SamplingRequest, error_body, lone_surrogate_at, plain_messages,
 )
-from belle.conversation import Rejection, validate_messages
+from belle.conversation import validate_messages
 from belle.generation import Engine, GenerationParams, PromptTooLong, TextStream
+from belle.records import Rejection
 
 logger = logging.getLogger(__name__)
 DEFAULTS = GenerationParams()  # what a request leaves out: BELLE's web demo settings

@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from belle.chat.backends import BackendError, LocalBackend, RemoteBackend, ReplyCut, cut_note
+from belle.chat.backends import BackendError, ChatBackend, ReplyCut, cut_note
 from belle.generation import GenerationParams, PromptTooLong
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
 
 
-def run_terminal_chat(backend: LocalBackend | RemoteBackend, model: str, params: GenerationParams, system: str = "",
+def run_terminal_chat(backend: ChatBackend, model: str, params: GenerationParams, system: str = "",
                       stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
     """Chat until /exit or the end of `stdin` (default: sys.stdin at the call, as for `stdout`)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout

@@ -1,4 +1,4 @@
-"""`belle chat`: the web chat, a Gradio page over a `LocalBackend` or a `RemoteBackend`.
+"""`belle chat`: the web chat, a Gradio page over a `ChatBackend` (models in this process, or a server).
 
 Replies stream as they are generated; a reply the server cut off ends in a `[reply cut off: why]`
 line, which is left out of the conversation sent with the next message. Stop ends the generation;
@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from belle.chat.backends import CUT_PREFIX, BackendError, LocalBackend, RemoteBackend, ReplyCut, cut_note
+from belle.chat.backends import CUT_PREFIX, BackendError, ChatBackend, ReplyCut, cut_note
 from belle.generation import GenerationParams, PromptTooLong
 
 TITLE = "belle chat"
@@ -65,15 +65,13 @@ def to_messages(message: Any, history: list[dict[str, Any]], system: str) -> lis
     return ([{"role": "system", "content": system}] if system else []) + exchanges + [{"role": "user", "content": text_of(message)}]
 
 
-def max_new_tokens_limit(backend: LocalBackend | RemoteBackend, params: GenerationParams) -> int:
-    """The largest reply the slider offers: the longest context of the loaded models or, for a
-    server, whose limits the page cannot see, `REMOTE_MAX_NEW_TOKENS` (or `params.max_new_tokens`, if larger)."""
-    if isinstance(backend, LocalBackend):
-        return max(engine.context_length for engine in backend.engines.values())
-    return max(REMOTE_MAX_NEW_TOKENS, params.max_new_tokens)
+def max_new_tokens_limit(backend: ChatBackend, params: GenerationParams) -> int:
+    """The largest reply the slider offers: the backend's context length or, for a server, whose
+    limits the page cannot see, `REMOTE_MAX_NEW_TOKENS` (or `params.max_new_tokens`, if larger)."""
+    return backend.context_length or max(REMOTE_MAX_NEW_TOKENS, params.max_new_tokens)
 
 
-def build_app(backend: LocalBackend | RemoteBackend, params: GenerationParams, system: str = "") -> gr.Blocks:
+def build_app(backend: ChatBackend, params: GenerationParams, system: str = "") -> gr.Blocks:
     """The chat page (a `gr.ChatInterface`, which is a `gr.Blocks`) for `backend`'s models.
 
     `params` and `system` are the settings a new page starts with. The page's API endpoint is
@@ -130,7 +128,7 @@ def build_app(backend: LocalBackend | RemoteBackend, params: GenerationParams, s
     )
 
 
-def launch(backend: LocalBackend | RemoteBackend, params: GenerationParams, *, system: str = "",
+def launch(backend: ChatBackend, params: GenerationParams, *, system: str = "",
            host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
     """Serve the chat page at http://HOST:PORT until interrupted; a public gradio.live link only with `share`."""
     app = build_app(backend, params, system)

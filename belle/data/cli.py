@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Sequence
 
 from belle.cli import UsageError, run_verbs
-from belle.conversation import WRITERS, DataError, Format, RejectReport, read_conversations
+from belle.conversation import WRITERS, Format, read_conversations
 from belle.data.dialogue import chat
 from belle.data.generate import generate
-from belle.data.outputs import atomic_output, report_rejects, write_text_atomic
 from belle.data.tools import dedup, filter, stats
+from belle.records import RejectReport, atomic_output, report_rejects, write_text_atomic
 from belle.tokenization import Overlong
 
 
@@ -38,13 +38,10 @@ def convert(
     write = WRITERS[to]
     report = RejectReport()
     written = 0
-    try:
-        with atomic_output(output) as f:
-            for conversation in read_conversations(input, from_, "strict" if strict else "skip", report):
-                f.write(json.dumps(write(conversation), ensure_ascii=False) + "\n")
-                written += 1
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    with atomic_output(output) as f:
+        for conversation in read_conversations(input, from_, "strict" if strict else "skip", report):
+            f.write(json.dumps(write(conversation), ensure_ascii=False) + "\n")
+            written += 1
     report_rejects(report.lines, output)
     print(f"wrote {written} conversations to {output}; {report.summary()}")
     return 0
@@ -100,9 +97,9 @@ def tokenize(
     tokenizer = load_tokenizer(model)
     try:
         chosen = resolve_template(model, tokenizer, template)
-        conversations = load_conversations(input, from_, "strict" if strict else "skip")
-    except (ValueError, DataError) as e:
+    except ValueError as e:  # an unknown template name
         raise UsageError(str(e)) from None
+    conversations = load_conversations(input, from_, "strict" if strict else "skip")
     samples, stats = tokenize_dataset(conversations, tokenizer, chosen, max_length, overlong, pack, num_proc)
     columns = ["ids", "input_ids", "labels", "position_ids"] if pack else ["id", "input_ids", "labels"]
     with atomic_output(output) as f:

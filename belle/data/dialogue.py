@@ -19,13 +19,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from belle import jsonl
 from belle.cli import UsageError
-from belle.conversation import Conversation, DataError, Rejection, file_encoding, iter_json_records, to_belle
+from belle.conversation import Conversation, to_belle
 from belle.data.filters import blacklisted, claims_gpt_identity
 from belle.data.progress import Progress, progress_path, write_report
 from belle.data.similarity import NearDuplicateIndex
-from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions
+from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, fan_out, resume_message
+from belle.records import DataError, Rejection, file_encoding, iter_json_records, jsonl
 
 OPENING_PROMPT = (
     "请你扮演一位向AI助手求助的普通用户。围绕主题「{topic}」，用中文写出你想问助手的第一个问题。"
@@ -44,6 +44,16 @@ class ChatSeed:
     id: str
     topic: str | None = None
     question: str | None = None
+
+
+@dataclass(frozen=True)
+class _Played:
+    """One dialogue as played: its messages, or the filter it failed (`discarded`), and the
+    tokens of the calls made for it."""
+
+    messages: list[dict[str, str]]
+    discarded: str | None
+    tokens: Counter
 
 
 class _Discard(Exception):
@@ -104,8 +114,6 @@ def chat(
         temperature: sampling temperature of every turn.
         max_tokens: longest turn, in tokens; a dialogue with a turn cut at this length is dropped.
     """
-    if llm.problems():
-        raise UsageError("; ".join(llm.problems()))
     if llm.api != "chat":
         raise UsageError("belle data chat needs the chat API (--api chat): the assistant answers with the whole history")
     if rounds < 1 or per_seed < 1:
@@ -114,12 +122,9 @@ def chat(
         raise UsageError(f"--similarity must be in (0, 1], not {similarity}")
     if max_tokens < 1 or temperature < 0:
         raise UsageError("--max-tokens must be at least 1 and --temperature at least 0")
-    try:
-        chat_seeds = read_chat_seeds(seeds)
-        written = jsonl.resume_records(output)
-        journal = {entry["id"]: entry for entry in jsonl.resume_records(progress_path(output))}
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    chat_seeds = read_chat_seeds(seeds)
+    written = jsonl.resume_records(output)
+    journal = {entry["id"]: entry for entry in jsonl.resume_records(progress_path(output))}
     if not chat_seeds:
         raise UsageError(f"--seeds {seeds}: no seeds in this file")
     units = [(seed, k, seed.id if per_seed == 1 else f"{seed.id}-{k}") for seed in chat_seeds for k in range(per_seed)]
@@ -135,7 +140,7 @@ def chat(
     try:
         usage = asyncio.run(job.run(llm, todo, output, total=len(units)))
     except LLMFatalError as e:
-        raise UsageError(f"{e}; {progress.kept} dialogues are in {output}, a re-run resumes there") from None
+        raise UsageError(resume_message(e, f"{progress.kept} dialogues", output)) from None
     write_report(output, {"output": str(output), "model": llm.model, "seeds": len(chat_seeds), "rounds": rounds,
                           **progress.to_dict(), "this_run": usage.to_dict()}, [
         f"# Multi-turn dialogues: {output}",
@@ -164,47 +169,51 @@ class _Dialogues:
 
     async def run(self, options: LLMOptions, todo: list[tuple[ChatSeed, int, str]], output: Path, total: int):
         bar = tqdm(total=total, initial=total - len(todo), desc="dialogues", unit="dialogue", dynamic_ncols=True)
-        queue: asyncio.Queue = asyncio.Queue()
-        for unit in todo:
-            queue.put_nowait(unit)
+
+        def shown() -> None:
+            bar.update()
+            bar.set_postfix_str(f"kept {self.progress.kept}, {self.progress.postfix()}")
+
         async with LLMClient(options) as client:
             with jsonl.open_append(output) as out, jsonl.open_append(progress_path(output)) as log:
 
-                async def worker() -> None:
-                    while not queue.empty():
-                        seed, sample, dialogue_id = queue.get_nowait()
-                        entry = await self.one(client, seed, sample, dialogue_id, out)
-                        jsonl.append(log, entry)
-                        self.progress.record(entry)
-                        bar.update()
-                        bar.set_postfix_str(f"kept {self.progress.kept}, {self.progress.postfix()}")
+                def settle(unit: tuple[ChatSeed, int, str], played: _Played | LLMError) -> None:
+                    entry = self.keep(unit, played, out)
+                    jsonl.append(log, entry)
+                    self.progress.record(entry)
 
                 try:
-                    await asyncio.gather(*(worker() for _ in range(max(1, options.concurrency))))
+                    await fan_out(todo, lambda unit: self.one(client, unit), settle,
+                                  concurrency=options.concurrency, progress=shown)
                 finally:
                     bar.close()
             return client.usage
 
-    async def one(self, client: LLMClient, seed: ChatSeed, sample: int, dialogue_id: str, out) -> dict[str, Any]:
-        """Play one dialogue, write it if it passes the filters, and return its journal entry."""
+    async def one(self, client: LLMClient, unit: tuple[ChatSeed, int, str]) -> _Played:
+        """Play one dialogue; raises `LLMError` when a call fails for good."""
+        seed, sample, _ = unit
         tokens = Counter()
         try:
-            messages = await self.play(client, seed, sample, tokens)
+            return _Played(await self.play(client, seed, sample, tokens), None, tokens)
         except _Discard as discard:
-            return {"id": dialogue_id, "kept": [], "discarded": {discard.reason: 1}, **tokens}
-        except LLMFatalError:
-            raise
-        except LLMError as e:
-            return {"id": dialogue_id, "failed": e.kind}
-        record = to_belle(Conversation(dialogue_id, messages))
+            return _Played([], discard.reason, tokens)
+
+    def keep(self, unit: tuple[ChatSeed, int, str], played: _Played | LLMError, out) -> dict[str, Any]:
+        """Write a played dialogue if it passes the filters; its journal entry."""
+        seed, _, dialogue_id = unit
+        if isinstance(played, LLMError):
+            return {"id": dialogue_id, "failed": played.kind}
+        if played.discarded:
+            return {"id": dialogue_id, "kept": [], "discarded": {played.discarded: 1}, **played.tokens}
+        record = to_belle(Conversation(dialogue_id, played.messages))
         user_side = _user_side(record["conversations"])
         match = self.index.most_similar(user_side)
         if match and match[1] > self.similarity:
-            return {"id": dialogue_id, "kept": [], "discarded": {"duplicate": 1}, **tokens}
+            return {"id": dialogue_id, "kept": [], "discarded": {"duplicate": 1}, **played.tokens}
         self.index.add(user_side)
         jsonl.append(out, {**record, "seed": seed.topic or seed.question})
         self.progress.kept += 1
-        return {"id": dialogue_id, "kept": [dialogue_id], **tokens}
+        return {"id": dialogue_id, "kept": [dialogue_id], **played.tokens}
 
     async def play(self, client: LLMClient, seed: ChatSeed, sample: int, tokens: Counter) -> list[dict[str, str]]:
         """The dialogue's user and assistant messages; raises _Discard when a turn fails a filter."""

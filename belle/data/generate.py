@@ -20,14 +20,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from belle import jsonl
 from belle.cli import UsageError
-from belle.conversation import DataError
 from belle.data.filters import strip_gpt_address, task_rejection
 from belle.data.progress import Progress, progress_path, write_report
 from belle.data.selfinstruct import Task, build_prompt, default_seed_path, parse_reply, read_seed_tasks
 from belle.data.similarity import NearDuplicateIndex
-from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply
+from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, fan_out, resume_message
+from belle.records import jsonl
 
 
 def generate(
@@ -64,8 +63,6 @@ def generate(
         seed: draws the examples of each request; change it to get new requests instead of cached replies.
         max_requests: stop after this many requests even short of --num; default: 10 + 4x what --num needs.
     """
-    if llm.problems():
-        raise UsageError("; ".join(llm.problems()))
     if num < 1:
         raise UsageError(f"--num must be at least 1, not {num}")
     if seeds_per_request < 1:
@@ -81,27 +78,21 @@ def generate(
         raise UsageError("--tasks-per-request must be larger than --seeds-per-request")
     if max_requests is None:
         max_requests = 10 + 4 * math.ceil(num / (tasks_per_request - seeds_per_request))
-    try:
-        kept_records = jsonl.resume_records(output)
-        journal = {entry["request"]: entry for entry in jsonl.resume_records(progress_path(output))}
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    kept_records = jsonl.resume_records(output)
+    journal = {entry["request"]: entry for entry in jsonl.resume_records(progress_path(output))}
 
     job = _Job(seed_tasks, kept_records, journal, output, num, seeds_per_request, tasks_per_request, similarity, seed)
     params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
     try:
         stopped = asyncio.run(job.run(llm, params, max_requests))
     except LLMFatalError as e:
-        raise UsageError(f"{e}; {job.progress.kept} tasks are in {output}, a re-run resumes there") from None
+        raise UsageError(resume_message(e, f"{job.progress.kept} tasks", output)) from None
     _write_stats(job, stopped, llm, num)
     return 0 if job.progress.kept >= num else 1
 
 
 def _load_seeds(path: Path, needed: int) -> list[Task]:
-    try:
-        tasks = read_seed_tasks(path)
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    tasks = read_seed_tasks(path)
     if len(tasks) < needed:
         raise UsageError(f"--seeds {path}: {len(tasks)} tasks, fewer than --seeds-per-request {needed}")
     return tasks
@@ -148,43 +139,33 @@ class _Job:
 
     async def run(self, options: LLMOptions, params: dict[str, Any], max_requests: int) -> str:
         """Send requests until --num tasks are kept or the budget is spent; returns why it stopped."""
-        queue = self.pending_requests(max_requests)[::-1]
         if self.progress.kept >= self.num:
             return "reached --num"
         bar = tqdm(total=self.num, initial=self.progress.kept, desc="tasks kept", unit="task", dynamic_ncols=True)
         bar.set_postfix_str(self.progress.postfix())
+
+        def shown() -> None:
+            bar.n = self.progress.kept
+            bar.set_postfix_str(self.progress.postfix())
+
         async with LLMClient(options) as client:
             self.usage = client.usage
-            in_flight: dict[asyncio.Task, int] = {}
             with jsonl.open_append(self.output) as out, jsonl.open_append(progress_path(self.output)) as log:
                 try:
-                    while self.progress.kept < self.num and (queue or in_flight):
-                        while queue and len(in_flight) < self.in_flight_wanted(options.concurrency):
-                            request = queue.pop()
-                            prompt = self.request_prompt(request)
-                            in_flight[asyncio.ensure_future(client.ask(prompt, variant=request, **params))] = request
-                        finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                        for future in finished:
-                            request = in_flight.pop(future)
-                            if self.progress.kept < self.num:
-                                self.handle(request, future, out, log)
-                            bar.n = self.progress.kept
-                            bar.set_postfix_str(self.progress.postfix())
+                    await fan_out(
+                        self.pending_requests(max_requests),
+                        lambda request: client.ask(self.request_prompt(request), variant=request, **params),
+                        lambda request, reply: self.handle(request, reply, out, log),
+                        concurrency=lambda: self.in_flight_wanted(options.concurrency),
+                        enough=lambda: self.progress.kept >= self.num, progress=shown)
                 finally:
-                    for future in in_flight:
-                        future.cancel()
-                    await asyncio.gather(*in_flight, return_exceptions=True)
                     bar.close()
         return "reached --num" if self.progress.kept >= self.num else f"spent --max-requests {max_requests}"
 
-    def handle(self, request: int, future: asyncio.Future, out, log) -> None:
+    def handle(self, request: int, reply: Reply | LLMError, out, log) -> None:
         """Filter one reply, append its kept tasks, then journal the request as done."""
-        try:
-            reply: Reply = future.result()
-        except LLMFatalError:
-            raise
-        except LLMError as e:
-            entry = {"request": request, "failed": e.kind}
+        if isinstance(reply, LLMError):
+            entry = {"request": request, "failed": reply.kind}
             jsonl.append(log, entry)
             self.progress.record(entry)
             return

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from belle.data.outputs import write_text_atomic
+from belle.records import write_text_atomic
 
 
 def progress_path(output: Path) -> Path:

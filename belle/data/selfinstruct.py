@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from belle.conversation import DataError, Rejection, iter_json_records
+from belle.records import DataError, Rejection, iter_json_records
 
 # Canonical names are BELLE's eval classes, lower case (eval_set.json writes `closed\xa0qa`; we
 # use a plain space), mapped to the Chinese name the prompt and the examples use.

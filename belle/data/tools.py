@@ -17,25 +17,30 @@ import numpy as np
 from tqdm import tqdm
 
 from belle.cli import UsageError
-from belle.conversation import DataError, Rejection, RejectReport, as_source_list, iter_source_records, record_to_messages
-from belle.data.outputs import atomic_output, report_rejects, write_text_atomic
+from belle.conversation import record_to_messages
+from belle.records import (
+    Rejection,
+    RejectReport,
+    as_source_list,
+    atomic_output,
+    iter_source_records,
+    report_rejects,
+    write_text_atomic,
+)
 
 TextOf = Literal["prompt", "conversation"]
 
 
 def _read(inputs: list[str], report: RejectReport) -> Iterator[tuple[str, Any, list[dict[str, str]]]]:
     """Yield `(location, raw record, messages)` for every readable record; the rest go to `report`."""
-    try:
-        for source in as_source_list(inputs):
-            for location, _, record in iter_source_records(source):
-                try:
-                    if isinstance(record, Rejection):
-                        raise record
-                    yield location, record, record_to_messages(record)
-                except Rejection as rejection:
-                    report.add(location, rejection)
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    for source in as_source_list(inputs):
+        for location, _, record in iter_source_records(source):
+            try:
+                if isinstance(record, Rejection):
+                    raise record
+                yield location, record, record_to_messages(record)
+            except Rejection as rejection:
+                report.add(location, rejection)
 
 
 def _text(messages: list[dict[str, str]], roles: tuple[str, ...]) -> str:

@@ -14,18 +14,20 @@ nothing lost or doubled.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from belle import jsonl
+from belle.chat.backends import ChatBackend, LocalBackend, RemoteBackend
+from belle.cli import UsageError
 from belle.eval.evalset import EvalItem, read_eval_records
-from belle.generation import Engine, GenerationParams, PromptTooLong
-from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions
+from belle.generation import Engine, GenerationParams
+from belle.llm import LLMOptions
+from belle.records import jsonl
 
 # The decoding of BELLE's own eval inference: all but greedy, with its repetition penalty.
 EVAL_DECODING = GenerationParams(temperature=0.001, top_p=0.85, top_k=30, repetition_penalty=1.2, max_new_tokens=1024)
+REMOTE_BATCHES = 4  # a remote batch is this many times the endpoint's concurrency
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,20 @@ def _history(system: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}] if system else []
 
 
-def answer_locally(engine: Engine, items: Sequence[EvalItem], output: Path, params: GenerationParams, *,
-                   batch_size: int = 8, system: str = "", on_item: Callable[[], None] | None = None) -> AnswerRun:
-    """Answer `items` with a loaded model in left-padded batches of `batch_size`, appending each
-    batch's lines to `output` (the file's order is the batches', not the set's).
+def answer_items(backend: ChatBackend, model: str, items: Sequence[EvalItem], output: Path,
+                 params: GenerationParams, *, batch_size: int = 8, system: str = "", name: str | None = None,
+                 on_item: Callable[[], None] | None = None) -> AnswerRun:
+    """Answer `items` with `backend`'s `model` in batches of `batch_size`, appending each batch's
+    lines to `output` as model `name` (default `model`); the file's order is the batches', not the set's.
 
-    Items are batched by prompt length so that a batch pads little. A multi-turn item is answered
-    turn by turn, each turn seeing the model's earlier replies; the turns of a batch's items go
-    together. An item whose prompt does not fit the context is skipped and named in the result.
+    Items are batched by prompt length (where the backend counts tokens) so that a batch pads
+    little. A multi-turn item is answered turn by turn, each turn seeing the model's earlier
+    replies; the turns of a batch's items go to the backend together. An item that got no reply
+    (a prompt over the context, a request that failed for good) is skipped and named in the
+    result; a re-run asks again. `LLMFatalError` (a refused key, an unknown model) propagates.
     """
     run = AnswerRun()
-    lengths = {item.id: len(engine.encode_chat(_history(system) + [{"role": "user", "content": item.turns[0]}]))
+    lengths = {item.id: backend.prompt_tokens(model, _history(system) + [{"role": "user", "content": item.turns[0]}])
                for item in items}
     ordered = sorted(items, key=lambda item: lengths[item.id])
     with jsonl.open_append(output) as out:
@@ -110,88 +115,73 @@ def answer_locally(engine: Engine, items: Sequence[EvalItem], output: Path, para
             replies: dict[str, list[str]] = {item.id: [] for item in batch}
             usage = {item.id: [None, 0, 0] for item in batch}  # finish_reason, prompt tokens, completion tokens
             for turn in range(max(len(item.turns) for item in batch)):
-                active, prompts = [], []
-                for item in batch:
-                    if item.id in run.skipped or turn >= len(item.turns):
-                        continue
+                active = [item for item in batch if item.id not in run.skipped and turn < len(item.turns)]
+                for item in active:
                     histories[item.id].append({"role": "user", "content": item.turns[turn]})
-                    try:
-                        ids, _ = engine.fit_chat(histories[item.id], params.max_new_tokens)
-                    except PromptTooLong as e:
-                        run.skipped[item.id] = str(e)
+                outcomes = backend.complete(model, [histories[item.id] for item in active], params)
+                for item, outcome in zip(active, outcomes):
+                    if isinstance(outcome, str):
+                        run.skipped[item.id] = outcome
                         continue
-                    active.append(item)
-                    prompts.append(ids)
-                if not active:
-                    continue
-                for item, completion in zip(active, engine.generate_batch(prompts, params)):
-                    histories[item.id].append({"role": "assistant", "content": completion.text})
-                    replies[item.id].append(completion.text)
-                    usage[item.id][0] = completion.finish_reason
-                    usage[item.id][1] += completion.prompt_tokens
-                    usage[item.id][2] += completion.completion_tokens
+                    histories[item.id].append({"role": "assistant", "content": outcome.text})
+                    replies[item.id].append(outcome.text)
+                    usage[item.id][0] = outcome.finish_reason
+                    usage[item.id][1] += outcome.prompt_tokens
+                    usage[item.id][2] += outcome.completion_tokens
             for item in batch:
                 if item.id not in run.skipped:
-                    jsonl.append(out, answer_record(item, replies[item.id], engine.name, *usage[item.id]))
+                    jsonl.append(out, answer_record(item, replies[item.id], name or model, *usage[item.id]))
                     run.answered += 1
                 if on_item:
                     on_item()
     return run
 
 
+def answer_locally(engine: Engine, items: Sequence[EvalItem], output: Path, params: GenerationParams, *,
+                   batch_size: int = 8, system: str = "", on_item: Callable[[], None] | None = None) -> AnswerRun:
+    """`answer_items` with a loaded model, in left-padded batches, recorded under the engine's name."""
+    return answer_items(LocalBackend({engine.name: engine}), engine.name, items, output, params,
+                        batch_size=batch_size, system=system, on_item=on_item)
+
+
 def answer_remotely(options: LLMOptions, items: Sequence[EvalItem], output: Path, params: GenerationParams, *,
                     name: str | None = None, system: str = "", on_item: Callable[[], None] | None = None) -> AnswerRun:
-    """Answer `items` through an OpenAI-compatible endpoint (vLLM, `belle serve`, a hosted model),
-    `options.concurrency` items at a time, appending each line as its item finishes; the answers
+    """`answer_items` through an OpenAI-compatible endpoint (vLLM, `belle serve`, a hosted model),
+    `options.concurrency` requests at a time in batches of `REMOTE_BATCHES` times that; the answers
     are recorded as model `name`, default `options.model`.
 
-    Sampling goes as temperature, top_p and max_tokens, plus top_k and repetition_penalty (which
-    vLLM and `belle serve` honour) to any endpoint but OpenAI's, which refuses them. An item whose
-    request fails for good is skipped and named in the result; a re-run asks again (the client's
-    cache keeps what came back).
+    Sampling goes as `belle.chat.backends.sampling_request` words it (no top_k or
+    repetition_penalty to OpenAI's own API). The client's cache keeps every reply that came, so a
+    killed or re-run run asks nothing twice.
     """
-    request: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens}
-    if options.base_url:  # OpenAI's own API refuses parameters it does not know
-        request.update(top_k=params.top_k, repetition_penalty=params.repetition_penalty)
-    if params.stop:
-        request["stop"] = list(params.stop)
+    problems = options.problems()
+    if problems:  # before a batch of 0 items is asked for
+        raise UsageError("; ".join(problems))
+    backend = RemoteBackend(options, names=[options.model])
+    try:
+        return answer_items(backend, options.model, items, output, params, batch_size=REMOTE_BATCHES * options.concurrency,
+                            system=system, name=name, on_item=on_item)
+    finally:
+        backend.close()
 
-    async def answer(client: LLMClient, item: EvalItem) -> tuple[EvalItem, dict[str, Any] | str]:
-        """(item, its answers-file line), or (item, why it failed) when a request failed for good."""
-        history, replies, tokens, reply = _history(system), [], [0, 0], None
+
+def stream_answer(backend: ChatBackend, model: str, item: EvalItem, params: GenerationParams, *,
+                  system: str = "") -> Iterator[list[str]]:
+    """`model`'s replies to `item`'s turns as they are generated, for a page to show one item:
+    yields the replies so far (the last one growing), at least once per turn. Turn k is answered
+    after the user turns and the model's own replies before it, as `answer_items` answers it.
+    Raises what `backend.stream` raises (`PromptTooLong` when a turn cannot fit the context)."""
+    history = _history(system)
+    replies: list[str] = []
+    for turn in item.turns:
+        history.append({"role": "user", "content": turn})
+        stream = backend.stream(model, history, params)
+        replies.append("")
         try:
-            for turn in item.turns:
-                history.append({"role": "user", "content": turn})
-                reply = await client.chat(history, **request)
-                history.append({"role": "assistant", "content": reply.text})
-                replies.append(reply.text)
-                tokens[0] += reply.prompt_tokens
-                tokens[1] += reply.completion_tokens
-        except LLMFatalError:
-            raise
-        except LLMError as e:
-            return item, str(e)
-        return item, answer_record(item, replies, name or options.model, reply.finish_reason, *tokens)
-
-    async def run_all() -> AnswerRun:
-        run = AnswerRun()
-        async with LLMClient(options) as client:
-            futures = [asyncio.ensure_future(answer(client, item)) for item in items]
-            with jsonl.open_append(output) as out:
-                try:
-                    for next_done in asyncio.as_completed(futures):
-                        item, result = await next_done
-                        if isinstance(result, str):
-                            run.skipped[item.id] = result
-                        else:
-                            jsonl.append(out, result)
-                            run.answered += 1
-                        if on_item:
-                            on_item()
-                finally:
-                    for future in futures:
-                        future.cancel()
-                    await asyncio.gather(*futures, return_exceptions=True)
-        return run
-
-    return asyncio.run(run_all())
+            for delta in stream:
+                replies[-1] += delta
+                yield list(replies)
+        finally:
+            stream.close()
+        yield list(replies)
+        history.append({"role": "assistant", "content": replies[-1]})

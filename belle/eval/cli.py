@@ -4,14 +4,13 @@ two models answer by answer (`pairwise`); score single answers in the browser (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import ClassVar, Sequence
 
 from tqdm import tqdm
 
 from belle.cli import UsageError, run_verbs
-from belle.conversation import DataError
 from belle.eval.answers import EVAL_DECODING, AnswerRun, answer_locally, answer_remotely, pending_items, read_answers
 from belle.eval.evalset import EvalItem, default_eval_set_path, read_eval_set
 from belle.eval.judging import default_judge_prompts_path, read_judge_prompts
@@ -19,60 +18,52 @@ from belle.eval.pairwise import pairwise
 from belle.eval.report import build_report, write_report
 from belle.eval.scoring import file_sha1, score_answers
 from belle.eval.webui import webui
-from belle.generation import GenerationParams
-from belle.llm import LLMFatalError, LLMOptions
+from belle.generation import EngineOptions, LoadOptions, SamplingOptions
+from belle.llm import LLMFatalError, LLMOptions, resume_message
 
 ANSWERS = "answers.jsonl"
 
 
 @dataclass
 class AnswerOptions:
-    """The model that answers: a local folder (--model) or an OpenAI-compatible endpoint (--api-model).
+    """The model that answers: a local folder (--model) or an OpenAI-compatible endpoint (--api-model)."""
 
-    Args:
-        model: model folder, LoRA adapter folder or GPTQ folder to load here.
-        api_model: instead, the model name an OpenAI-compatible endpoint serves (vLLM, `belle serve`, a hosted model).
-        api_base: that endpoint's root ending in /v1; default: OpenAI's.
-        api_key_env: environment variable holding that endpoint's key.
-        concurrency: endpoint requests in flight at once.
-        name: the model's name in answers and reports; default: the folder's or --api-model.
-        template: prompt template; default: the one in the model's belle.json, else its chat_template.
-        system: system prompt for every question; default: none.
-        batch_size: questions generated together (left-padded) by a local model.
-        temperature: sampling temperature (BELLE's eval: 0.001, all but greedy).
-        top_p: nucleus sampling mass.
-        top_k: sample among the k most likely tokens; 0 turns it off.
-        repetition_penalty: above 1 discourages repetition.
-        max_new_tokens: the longest answer, in tokens.
-        base: base model folder for a LoRA adapter whose recorded base path is elsewhere.
-        dtype: weights dtype; auto is bfloat16 on GPUs that support it, float16 on others, float32 on CPU.
-        device: cpu, cuda, cuda:N or auto; default: cuda if present.
-        context_length: tokens of prompt plus answer; default: the model's max_position_embeddings.
-        trust_remote_code: run Python code shipped in the model folder.
-    """
+    FLAT: ClassVar[bool] = True
 
     model: Path | None = None
+    """Model folder, LoRA adapter folder or GPTQ folder to load here."""
     api_model: str | None = None
+    """Instead, the model name an OpenAI-compatible endpoint serves (vLLM, `belle serve`, a hosted model)."""
     api_base: str | None = None
+    """That endpoint's root ending in /v1; default: OpenAI's."""
     api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding that endpoint's key."""
     concurrency: int = 8
+    """Endpoint requests in flight at once."""
     name: str | None = None
-    template: str | None = None
+    """The model's name in answers and reports; default: the folder's or --api-model."""
     system: str = ""
+    """System prompt for every question; default: none."""
     batch_size: int = 8
-    temperature: float = EVAL_DECODING.temperature
-    top_p: float = EVAL_DECODING.top_p
-    top_k: int = EVAL_DECODING.top_k
-    repetition_penalty: float = EVAL_DECODING.repetition_penalty
-    max_new_tokens: int = EVAL_DECODING.max_new_tokens
-    base: Path | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str | None = None
-    context_length: int | None = None
-    trust_remote_code: bool = False
+    """Questions generated together (left-padded) by a local model."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options; empty when they are usable."""
+        found = []
+        if (self.model is None) == (self.api_model is None):
+            found.append("give either --model DIR (a local model) or --api-model NAME (an OpenAI-compatible endpoint)")
+        if self.batch_size < 1:
+            found.append(f"--batch-size must be at least 1, not {self.batch_size}")
+        return found
 
 
-def generate(*, options: AnswerOptions, output: Path, eval_set: Path | None = None, limit: int | None = None) -> int:
+# BELLE's eval decoding: temperature 0.001 (all but greedy).
+EVAL_SAMPLING = SamplingOptions.of(EVAL_DECODING)
+
+
+def generate(*, options: AnswerOptions, output: Path, eval_set: Path | None = None, limit: int | None = None,
+             sampling: SamplingOptions = EVAL_SAMPLING, engine: EngineOptions = EngineOptions(),
+             load: LoadOptions = LoadOptions()) -> int:
     """Answer every question of an eval set with a model, into an answers file a judge can score.
 
     Appends one line per item to OUTPUT (the eval record plus "answer", "model" and token counts);
@@ -84,7 +75,7 @@ def generate(*, options: AnswerOptions, output: Path, eval_set: Path | None = No
         limit: answer only this many items, spread over the classes (a quick check).
     """
     items = _load_items(eval_set, limit)
-    run = _answer(options, items, output)
+    run = _answer(options, sampling, engine, load, items, output)
     return 1 if run.skipped else 0
 
 
@@ -104,20 +95,14 @@ def score(*, answers: Path, judge: LLMOptions, output: Path, prompts: Path | Non
         temperature: judge sampling temperature; default 0 for one sample, 0.7 for several.
         max_tokens: the longest judge reply, in tokens.
     """
-    try:
-        answered = read_answers(answers)
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    answered = read_answers(answers)
     prompts_path = prompts or default_judge_prompts_path()
-    try:
-        judge_prompts = read_judge_prompts(prompts_path)
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    judge_prompts = read_judge_prompts(prompts_path)
     try:
         result = score_answers(answered, judge_prompts, judge, output, samples=samples, temperature=temperature,
                                max_tokens=max_tokens, prompts_sha1=file_sha1(prompts_path))
     except LLMFatalError as e:
-        raise UsageError(f"{e}; the judgments so far are in {output}, a re-run resumes there") from None
+        raise UsageError(resume_message(e, "the judgments so far", output)) from None
     print(f"judged {result.judged} answers now, {result.skipped} had all {samples} sample(s) already"
           + (f"; {result.parse_failures} judge replies had no readable score" if result.parse_failures else ""))
     if result.usage:
@@ -149,10 +134,7 @@ def report(run_dirs: list[Path], *, output: Path | None = None, bootstrap: int =
         raise UsageError(f"--confidence must be in (0, 1), not {confidence}")
     if bootstrap < 0:
         raise UsageError(f"--bootstrap must be 0 or more, not {bootstrap}")
-    try:
-        reports = [build_report(run_dir, bootstrap=bootstrap, seed=seed, confidence=confidence) for run_dir in run_dirs]
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    reports = [build_report(run_dir, bootstrap=bootstrap, seed=seed, confidence=confidence) for run_dir in run_dirs]
     out_dir = output or run_dirs[0]
     write_report(reports, out_dir)
     print((out_dir / "report.md").read_text(encoding="utf-8"))
@@ -162,7 +144,9 @@ def report(run_dirs: list[Path], *, output: Path | None = None, bootstrap: int =
 
 def run(*, options: AnswerOptions, judge: LLMOptions, output: Path, eval_set: Path | None = None,
         limit: int | None = None, prompts: Path | None = None, samples: int = 1,
-        judge_temperature: float | None = None, judge_max_tokens: int = 1024) -> int:
+        judge_temperature: float | None = None, judge_max_tokens: int = 1024,
+        sampling: SamplingOptions = EVAL_SAMPLING, engine: EngineOptions = EngineOptions(),
+        load: LoadOptions = LoadOptions()) -> int:
     """Generate answers, score them and write the report, all in one run folder.
 
     OUTPUT gets answers.jsonl, judgments.jsonl, run.json and report.{json,md,png}; every step
@@ -179,7 +163,7 @@ def run(*, options: AnswerOptions, judge: LLMOptions, output: Path, eval_set: Pa
     """
     items = _load_items(eval_set, limit)
     answers = output / ANSWERS
-    answered = _answer(options, items, answers)
+    answered = _answer(options, sampling, engine, load, items, answers)
     if answered.skipped:
         print(f"scoring the {len(items) - len(answered.skipped)} answered items; a re-run answers the rest")
     status = score(answers=answers, judge=judge, output=output, prompts=prompts, samples=samples,
@@ -189,10 +173,7 @@ def run(*, options: AnswerOptions, judge: LLMOptions, output: Path, eval_set: Pa
 
 
 def _load_items(eval_set: Path | None, limit: int | None) -> list[EvalItem]:
-    try:
-        items = read_eval_set(eval_set or default_eval_set_path())
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    items = read_eval_set(eval_set or default_eval_set_path())
     if limit is not None:
         if limit < 1:
             raise UsageError(f"--limit must be at least 1, not {limit}")
@@ -213,18 +194,11 @@ def spread_over_classes(items: list[EvalItem], limit: int) -> list[EvalItem]:
     return [item for item in items if item.id in keep]
 
 
-def _answer(options: AnswerOptions, items: list[EvalItem], output: Path) -> AnswerRun:
+def _answer(options: AnswerOptions, sampling: SamplingOptions, engine: EngineOptions, load: LoadOptions,
+            items: list[EvalItem], output: Path) -> AnswerRun:
     """Answer the items not yet in `output`; print what was done and what was skipped."""
-    if (options.model is None) == (options.api_model is None):
-        raise UsageError("give either --model DIR (a local model) or --api-model NAME (an OpenAI-compatible endpoint)")
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, not {options.batch_size}")
-    try:
-        params = GenerationParams(options.temperature, options.top_p, options.top_k, options.repetition_penalty,
-                                  options.max_new_tokens)
-        pending, already = pending_items(items, output)
-    except (ValueError, DataError) as e:
-        raise UsageError(str(e)) from None
+    params = sampling.params()
+    pending, already = pending_items(items, output)
     if not pending:
         print(f"all {len(items)} items are already answered in {output}")
         return AnswerRun()
@@ -242,10 +216,8 @@ def _answer(options: AnswerOptions, items: list[EvalItem], output: Path) -> Answ
             from belle.chat.engines import load_engines
 
             spec = f"{options.name}={options.model}" if options.name else str(options.model)
-            (engine,) = load_engines([spec], base=options.base, template=options.template, dtype=options.dtype,
-                                     device=options.device, context_length=options.context_length,
-                                     trust_remote_code=options.trust_remote_code).values()
-            answered = answer_locally(engine, pending, output, params, batch_size=options.batch_size,
+            (local,) = load_engines([spec], **asdict(engine), **asdict(load)).values()
+            answered = answer_locally(local, pending, output, params, batch_size=options.batch_size,
                                       system=options.system, on_item=bar.update)
     print(f"wrote {answered.answered} answers to {output}")
     for item_id, why in list(answered.skipped.items())[:10]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from belle.conversation import DataError, Rejection, iter_json_records
+from belle.records import DataError, Rejection, iter_json_records
 
 CLASSES: tuple[str, ...] = (
     "open qa", "brainstorming", "rewrite", "generation", "math",

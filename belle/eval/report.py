@@ -22,7 +22,7 @@ How the figures are made:
 
 Reading for a report never writes: a torn last line (no newline after it: the scorer was killed
 mid-write) is skipped and the file left alone, since a scorer may still be appending to it
-(`belle.jsonl.numbered_records`). Any other bad line is a `DataError` naming `file:line`.
+(`belle.records.numbered_records`). Any other bad line is a `DataError` naming `file:line`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from belle import jsonl
-from belle.conversation import DataError
-from belle.data.outputs import atomic_output, write_text_atomic
 from belle.eval.evalset import CLASSES, OTHERS
 from belle.llm import cost_usd
+from belle.records import DataError, atomic_output, jsonl, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +101,7 @@ def read_judgments(path: Path, *, cut_torn: bool = False) -> list[dict[str, Any]
     """The validated judgment records of `path`, in file order; `DataError` "file:line: problem" on
     a bad line, a duplicate (id, sample), or an id judged under two classes. Missing token counts
     read as 0 and a missing `cached` as false (a judge that reports no usage). A torn last line is
-    skipped, and cut off the file with `cut_torn` (the scorer resuming; see `belle.jsonl`)."""
+    skipped, and cut off the file with `cut_torn` (the scorer resuming; see `belle.records.jsonl`)."""
     if not path.is_file():
         raise DataError(f"{path}: no judgments file; run `belle eval score --output {path.parent}` first")
     records: list[dict[str, Any]] = []

@@ -16,19 +16,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from tqdm import tqdm
 
-from belle import jsonl
 from belle.cli import UsageError
-from belle.conversation import DataError
-from belle.data.outputs import write_text_atomic
 from belle.eval.answers import Answered
 from belle.eval.evalset import EvalItem
 from belle.eval.judging import judge_messages, missing_prompts, parse_score
 from belle.eval.report import JUDGMENTS, RUN_INFO, read_judgments
-from belle.llm import OPENAI_BASE_URL, LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, Usage, redact_url
+from belle.llm import OPENAI_BASE_URL, LLMClient, LLMError, LLMOptions, Reply, Usage, fan_out, redact_url
+from belle.records import jsonl, write_text_atomic
 
 # Settings that change what the judge says: a run folder keeps one value of each.
 PINNED = ("judge", "judge_base_url", "prompts_sha1", "temperature", "max_tokens")
@@ -164,10 +162,7 @@ def _pinned(key: str, value: Any) -> Any:
 
 def _todo(answered: Sequence[Answered], path: Path, samples: int) -> list[tuple[Answered, int]]:
     """(answer, first sample still to ask) for every answer with samples missing in `path`."""
-    try:
-        records = read_judgments(path, cut_torn=True) if path.exists() else []
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    records = read_judgments(path, cut_torn=True) if path.exists() else []
     have: dict[str, int] = {}
     seen: dict[str, str] = {}
     for record in records:
@@ -183,40 +178,41 @@ def _todo(answered: Sequence[Answered], path: Path, samples: int) -> list[tuple[
 async def _judge_all(todo: list[tuple[Answered, int]], prompts: dict[str, str], judge: LLMOptions, path: Path,
                      samples: int, params: dict[str, Any], api_key: str | None, result: ScoreResult,
                      on_progress: Callable[[int, int], None] | None, show_progress: bool) -> None:
-    async def one(answer: Answered, first: int) -> tuple[Answered, list[dict[str, Any]] | str]:
-        try:
-            return answer, await judge_answer(client, answer.item, answer.answer, prompts,
-                                              samples=samples, params=params, first_sample=first)
-        except LLMFatalError:
-            raise
-        except LLMError as e:
-            return answer, str(e)
-
     scores: list[float] = []
+    settled = 0
     bar = tqdm(total=len(todo), desc="judging", unit="item", dynamic_ncols=True, disable=not show_progress)
+
+    def shown() -> None:
+        nonlocal settled
+        settled += 1
+        bar.update()
+        bar.set_postfix_str(f"mean {sum(scores) / len(scores):.3f}" if scores else "", refresh=False)
+        if on_progress:
+            on_progress(settled, len(todo))
+
     async with LLMClient(judge, api_key=api_key) as client:
         result.usage = client.usage
-        futures = [asyncio.ensure_future(one(answer, first)) for answer, first in todo]
-        try:
-            with jsonl.open_append(path) as out:
-                for done, next_done in enumerate(asyncio.as_completed(futures), start=1):
-                    answer, records = await next_done
-                    if isinstance(records, str):
-                        result.failed[answer.item.id] = records
+        with jsonl.open_append(path) as out:
+
+            def settle(unit: tuple[Answered, int], records: list[dict[str, Any]] | LLMError) -> None:
+                answer = unit[0]
+                if isinstance(records, LLMError):
+                    result.failed[answer.item.id] = str(records)
+                    return
+                for record in records:
+                    jsonl.append(out, record)
+                    if record["score"] is None:
+                        result.parse_failures += 1
                     else:
-                        for record in records:
-                            jsonl.append(out, record)
-                            if record["score"] is None:
-                                result.parse_failures += 1
-                            else:
-                                scores.append(record["score"])
-                        result.judged += 1
-                    bar.update()
-                    bar.set_postfix_str(f"mean {sum(scores) / len(scores):.3f}" if scores else "", refresh=False)
-                    if on_progress:
-                        on_progress(done, len(todo))
-        finally:
-            for future in futures:
-                future.cancel()
-            await asyncio.gather(*futures, return_exceptions=True)
-            bar.close()
+                        scores.append(record["score"])
+                result.judged += 1
+
+            def ask(unit: tuple[Answered, int]) -> Awaitable[list[dict[str, Any]]]:
+                answer, first = unit
+                return judge_answer(client, answer.item, answer.answer, prompts, samples=samples, params=params,
+                                    first_sample=first)
+
+            try:
+                await fan_out(todo, ask, settle, concurrency=judge.concurrency, progress=shown)
+            finally:
+                bar.close()

@@ -28,20 +28,22 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from belle.cli import UsageError
-from belle.conversation import DataError
-from belle.eval.answers import EVAL_DECODING, read_answers
+from belle.eval.answers import EVAL_DECODING, read_answers, stream_answer
 from belle.eval.evalset import EvalItem, default_eval_set_path, read_eval_set
 from belle.eval.judging import default_judge_prompts_path, missing_prompts, read_judge_prompts
 from belle.eval.report import JUDGMENTS, build_report, class_order, report_markdown, write_report
 from belle.eval.scoring import check_prompts, file_sha1, judge_answer, judge_params, score_answers
-from belle.generation import Engine, GenerationParams, PromptTooLong
+from belle.generation import EngineOptions, GenerationParams, LoadOptions, PromptTooLong, SamplingOptions
 from belle.llm import LLMClient, LLMError, LLMOptions, OPENAI_BASE_URL, redact_url
+from belle.records import DataError
 
 if TYPE_CHECKING:  # gradio takes seconds to import: only the page itself loads it
     import gradio as gr
+
+    from belle.chat.backends import ChatBackend
 
 logger = logging.getLogger(__name__)
 
@@ -106,26 +108,6 @@ def question_text(item: EvalItem) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Generating an answer
-
-
-def stream_replies(engine: Engine, item: EvalItem, params: GenerationParams) -> Iterator[list[str]]:
-    """The model's replies to `item`'s turns, as they are generated: yields the replies so far
-    (the last one growing), at least once per turn. Turn k is answered after the user turns and
-    the model's own replies before it. Raises `PromptTooLong` when a turn cannot fit the context."""
-    history: list[dict[str, str]] = []
-    replies: list[str] = []
-    for turn in item.turns:
-        history.append({"role": "user", "content": turn})
-        stream = engine.chat(history, params)
-        replies.append("")
-        try:
-            for delta in stream:
-                replies[-1] += delta
-                yield list(replies)
-        finally:
-            stream.cancel()
-        yield list(replies)
-        history.append({"role": "assistant", "content": replies[-1]})
 
 
 def earlier_replies_text(replies: Sequence[str]) -> str:
@@ -279,11 +261,11 @@ def staged(run: FileRun) -> FileRun:
 
 
 def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOptions, *, workdir: Path,
-              engine: Engine | None = None, params: GenerationParams = EVAL_DECODING, prompts_sha1: str = "",
+              backend: ChatBackend | None = None, params: GenerationParams = EVAL_DECODING, prompts_sha1: str = "",
               source: str = "", rng: random.Random | None = None) -> gr.Blocks:
     """The scoring page over the eval set `items`, judged with `prompts` through `judge` (its model
-    and base URL are the page's starting values). With `engine`, a Generate button answers the
-    shown question with it using `params`. Answers files are scored into run folders under
+    and base URL are the page's starting values). With `backend`, a Generate button answers the
+    shown question with its first model using `params`, as `belle eval generate` would. Answers files are scored into run folders under
     `workdir`. `source` is a line about where the set and prompts come from."""
     import gradio as gr
 
@@ -293,6 +275,7 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
     key_env = judge.api_key_env
     key_note = f"${key_env}" + ("" if os.environ.get(key_env) else " (not set)")
     first = items[0]
+    model_name = backend.names[0] if backend is not None else None
 
     def show(item_id: str) -> tuple[str, str, str, Any, str]:
         """Question, reference, an empty answer, the earlier-replies box, an empty verdict."""
@@ -300,7 +283,7 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
         if item is None:
             return "", "", "", gr.update(value="", visible=False), ""
         reference = item.std_answer or "(this question has no reference answer: the judge uses its rubric alone)"
-        multi_turn = engine is not None and len(item.turns) > 1
+        multi_turn = backend is not None and len(item.turns) > 1
         return question_text(item), reference, "", gr.update(value="", visible=multi_turn), ""
 
     def pick_class(klass: str) -> Any:
@@ -316,7 +299,7 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
         """(answer, earlier replies) as the model writes them."""
         item = by_id[item_id]
         try:
-            for replies in stream_replies(engine, item, params):
+            for replies in stream_answer(backend, model_name, item, params):
                 last = len(replies) == len(item.turns)
                 yield (replies[-1] if last else ""), earlier_replies_text(replies if not last else replies[:-1])
         except PromptTooLong as e:
@@ -384,13 +367,13 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
                                               elem_id="question-text")
                     reference_box = gr.Textbox(reference, label="Reference answer", lines=4, interactive=False,
                                                elem_id="reference")
-                earlier = gr.Textbox("", label=f"{engine.name if engine else 'Model'}'s replies to the earlier turns",
+                earlier = gr.Textbox("", label=f"{model_name or 'Model'}'s replies to the earlier turns",
                                      lines=4, interactive=False, visible=False, elem_id="earlier")
                 answer = gr.Textbox("", label="Answer (to the last turn)", lines=6, elem_id="answer",
-                                    placeholder="Paste the model's answer here" + (", or generate one" if engine else ""))
+                                    placeholder="Paste the model's answer here" + (", or generate one" if backend else ""))
                 with gr.Row():
-                    if engine is not None:
-                        generate_button = gr.Button(f"Generate with {engine.name}", elem_id="generate")
+                    if backend is not None:
+                        generate_button = gr.Button(f"Generate with {model_name}", elem_id="generate")
                     score_button = gr.Button("Score", variant="primary", elem_id="score")
                 verdict = gr.Markdown("", elem_id="verdict")
 
@@ -398,7 +381,7 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
                 question.change(show, question, [question_box, reference_box, answer, earlier, verdict],
                                 api_visibility="private")
                 shuffle_button.click(shuffle, [klass, question], question, api_visibility="private")
-                if engine is not None:
+                if backend is not None:
                     generate_button.click(generate, question, [answer, earlier], api_visibility="private")
                 score_button.click(score, [question, answer, judge_model, judge_url, judge_key], verdict,
                                    api_visibility="private")
@@ -467,10 +450,9 @@ def webui(
     eval_set: Path | None = None,
     prompts: Path | None = None,
     model: Path | None = None,
-    template: str | None = None,
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
-    device: str | None = None,
-    max_new_tokens: int = EVAL_DECODING.max_new_tokens,
+    sampling: SamplingOptions = SamplingOptions.of(EVAL_DECODING),
+    engine: EngineOptions = EngineOptions(),
+    load: LoadOptions = LoadOptions(),
     workdir: Path | None = None,
     host: str = "127.0.0.1",
     port: int = 7861,
@@ -488,47 +470,32 @@ def webui(
         eval_set: the eval set to browse; default: the sample set shipped with belle.
         prompts: the judge prompts, one per class; default: belle's own.
         model: a model folder (full, LoRA adapter or GPTQ) to answer questions with a Generate button.
-        template: prompt template for --model; default: the one in its belle.json, else its chat_template.
-        dtype: weights dtype for --model; auto is bfloat16 on GPUs that support it, float16 on others, float32 on CPU.
-        device: cpu, cuda, cuda:N or auto for --model; default: cuda if present.
-        max_new_tokens: the longest generated reply per turn, in tokens.
         workdir: folder for the run folders of scored answers files; default: a new temporary folder.
         host: address the page binds; 0.0.0.0 exposes it to the network.
         port: port the page binds.
         share: also open a public gradio.live link (off unless asked).
         max_upload_mb: the largest answers file the page accepts, in MiB; a larger upload gets HTTP 413.
     """
-    problems = judge.problems()
-    if problems:
-        raise UsageError("; ".join(problems))
     upload_limit_bytes(max_upload_mb)
     eval_set = eval_set or default_eval_set_path()
     prompts = prompts or default_judge_prompts_path()
-    try:
-        items = read_eval_set(eval_set)
-        judge_prompts = read_judge_prompts(prompts)
-    except (DataError, FileNotFoundError) as e:
-        raise UsageError(str(e)) from None
+    items = read_eval_set(eval_set)
+    judge_prompts = read_judge_prompts(prompts)
     missing = missing_prompts(items, judge_prompts)
     if missing:
         logger.warning("no judge prompt for class(es) %s: their answers cannot be scored", ", ".join(missing))
-    try:
-        params = dataclasses.replace(EVAL_DECODING, max_new_tokens=max_new_tokens)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    engine = None
+    params = sampling.params()
+    backend = None
     if model is not None:
-        from belle.generation import load_engine
+        from belle.chat.backends import LocalBackend
+        from belle.chat.engines import load_engines
 
-        try:
-            engine = load_engine(model, template=template, dtype=dtype, device=device)
-        except (FileNotFoundError, ValueError) as e:
-            raise UsageError(str(e)) from None
+        backend = LocalBackend(load_engines([str(model)], **dataclasses.asdict(engine), **dataclasses.asdict(load)))
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="belle-eval-webui-"))
     workdir.mkdir(parents=True, exist_ok=True)
     source = (f"Eval set `{eval_set}` ({len(items)} questions) · judge prompts `{prompts}`"
               + (f" · model `{model}`" if model else ""))
-    app = build_app(items, judge_prompts, judge, workdir=workdir, engine=engine, params=params,
+    app = build_app(items, judge_prompts, judge, workdir=workdir, backend=backend, params=params,
                     prompts_sha1=file_sha1(prompts), source=source)
     launch(app, workdir=workdir, host=host, port=port, share=share, max_upload_mb=max_upload_mb)
     return 0

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from belle.cli import UsageError
-from belle.conversation import DATA_SUFFIXES, DataError, RejectReport, is_saved_dataset, read_conversations
-from belle.templates import Template, render_pieces
+from belle.conversation import read_conversations
+from belle.records import DATA_SUFFIXES, DataError, RejectReport, is_saved_dataset
+from belle.templates import Template
+from belle.tokenization import encode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,8 @@ def _text_ids(path: Path, tokenizer: Any) -> list[int]:
 
 
 def _conversation_ids(path: Path, tokenizer: Any, template: Template | None) -> list[int]:
-    """Every conversation rendered with `template` and tokenized piece by piece, as in training."""
+    """Every conversation encoded by `belle.tokenization.encode_batch`, exactly as in training (no
+    conversation is dropped: every one `read_conversations` yields has a trained assistant turn)."""
     if template is None:
         raise UsageError(f"{path}: conversation files need the model's template; name one with --template")
     report = RejectReport(keep_lines=False)
@@ -126,10 +129,5 @@ def _conversation_ids(path: Path, tokenizer: Any, template: Template | None) -> 
         raise UsageError(str(e)) from None
     if report.total:
         logger.warning("%s: %s", path, report.summary())
-    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
-    pieces = [render_pieces(template, c.messages, False, bos, eos) for c in conversations]
-    texts = [text for conversation in pieces for text, _ in conversation]
-    if not texts:
-        return []
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    return [token for piece in ids for token in piece]
+    encoded = encode_batch([c.messages for c in conversations], tokenizer, template)
+    return [token for sample in encoded for token in sample.input_ids]

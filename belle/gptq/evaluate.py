@@ -6,15 +6,14 @@ its peak memory is its own: on a GPU `torch.cuda.max_memory_allocated`, on the C
 resident set size of that process (VmHWM on Linux, else `getrusage(RUSAGE_SELF).ru_maxrss`), which
 includes the Python, torch and transformers the process imported (about 0.6 GB) as well as the model.
 
-Perplexity is that of BELLE's gptq scripts (and the GPTQ paper) on wikitext2, on whatever text the
-user brings: the text is tokenized once and cut into windows of `seqlen` tokens (see `windows`).
+Perplexity is `belle.perplexity`'s: that of BELLE's gptq scripts (and the GPTQ paper) on wikitext2,
+on whatever text the user brings, in windows of `seqlen` tokens.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import resource
 import statistics
@@ -24,111 +23,19 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from belle.cli import UsageError
-from belle.data.outputs import write_text_atomic
-from belle.modeling import read_json_object, weights_bytes
+from belle.generation import LoadOptions
+from belle.modeling import weights_bytes
+from belle.perplexity import encode_text, score_ids
+from belle.records import read_json_object, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 PROMPT_TOKENS = 128  # prompt length of the speed measurement, cut from the start of the text
 SPEED_RUNS = 3  # timings are medians of this many runs
 MB = 2**20
-
-
-@dataclass(frozen=True)
-class Window:
-    """One forward pass: the model reads `ids[begin:stop - 1]` and is scored on the targets
-    `ids[first:stop]`, each predicted from the tokens before it (logits at `first - 1 .. stop - 2`)."""
-
-    begin: int
-    first: int
-    stop: int
-
-
-def windows(n_tokens: int, seqlen: int, stride: int | None = None) -> list[Window]:
-    """The windows that score every token but the first exactly once.
-
-    The targets 1 .. n_tokens - 1 are cut into blocks of `stride` tokens (default `seqlen`); a
-    block's window reads the `seqlen` tokens that end just before its last target (fewer at the
-    start of the text). So every target sees at least `seqlen - stride + 1` tokens of context,
-    all the tokens before it while it lies within the first `seqlen + 1`. With `stride == seqlen`
-    the windows do not overlap (but for the last, which still reads `seqlen` tokens): GPTQ's
-    wikitext2 evaluation, except that it leaves out each window's first token and the text's
-    tail shorter than a window. A smaller stride (the Hugging Face perplexity guide) gives every
-    token more context for more forward passes.
-    """
-    stride = seqlen if stride is None else stride
-    if not 1 <= stride <= seqlen:
-        raise ValueError(f"stride must be between 1 and seqlen ({seqlen}), not {stride}")
-    result = []
-    for first in range(1, n_tokens, stride):
-        stop = min(first + stride, n_tokens)
-        result.append(Window(begin=max(0, stop - 1 - seqlen), first=first, stop=stop))
-    return result
-
-
-@dataclass(frozen=True)
-class TextScore:
-    """Negative log-likelihood of a text: `nll` nats summed over `tokens` scored tokens in `windows` passes."""
-
-    nll: float
-    tokens: int
-    windows: int
-
-    @property
-    def perplexity(self) -> float:
-        """exp(nll / tokens): the exponent of the mean per-token negative log-likelihood."""
-        return math.exp(self.nll / self.tokens)
-
-
-def score_ids(model: Any, ids: Sequence[int], *, seqlen: int = 2048, stride: int | None = None) -> TextScore:
-    """Sum -log p(ids[t] | context) over t = 1 .. len(ids) - 1, window by window (see `windows`).
-
-    Only the logits of the scored positions are computed when the model's forward takes
-    `logits_to_keep` (transformers' causal LMs do), so memory stays at one window's activations.
-    """
-    import inspect
-
-    import torch
-    import torch.nn.functional as F
-
-    if len(ids) < 2:
-        raise ValueError(f"perplexity needs at least 2 tokens, not {len(ids)}")
-    keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-    device = model.get_input_embeddings().weight.device
-    tokens = torch.as_tensor(list(ids), dtype=torch.long, device=device)  # (n_tokens,)
-    cut = windows(len(ids), seqlen, stride)
-    nll = 0.0
-    with torch.inference_mode():
-        for window in cut:
-            inputs = tokens[window.begin : window.stop - 1][None]  # (1, stop - 1 - begin)
-            scored = window.stop - window.first
-            if keep_logits:
-                logits = model(input_ids=inputs, logits_to_keep=scored).logits[0]  # (scored, vocab)
-            else:
-                logits = model(input_ids=inputs).logits[0, -scored:]
-            targets = tokens[window.first : window.stop]  # (scored,)
-            nll += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-    return TextScore(nll=nll, tokens=len(ids) - 1, windows=len(cut))
-
-
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """The text's token ids as the tokenizer encodes it by default (with BOS if it adds one)."""
-    return tokenizer(text, verbose=False)["input_ids"]
-
-
-def perplexity(model: Any, tokenizer: Any, text: str, *, seqlen: int = 2048, stride: int | None = None) -> float:
-    """Perplexity of `model` on `text`: exp of the mean negative log-likelihood of every token after
-    the first, each predicted from up to `seqlen` tokens before it.
-
-        PPL = exp( -1/(N-1) * sum_{t=1}^{N-1} log p(x_t | x_{b(t)} .. x_{t-1}) )
-
-    where x_0 .. x_{N-1} are the text's tokens and b(t) the start of the window that scores x_t
-    (`windows`: non-overlapping windows of `seqlen` tokens by default, one every `stride` tokens).
-    """
-    return score_ids(model, encode_text(tokenizer, text), seqlen=seqlen, stride=stride).perplexity
 
 
 def quantization_info(model_dir: str | Path) -> dict[str, Any] | None:
@@ -354,16 +261,14 @@ def eval_(
     max_chars: int | None = None,
     gen_tokens: int = 64,
     output: Path | None = None,
-    device: str | None = None,
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
-    trust_remote_code: bool = False,
+    load: LoadOptions = LoadOptions(),
 ) -> int:
     """Compare a (quantized) model with its reference: perplexity, weight size, peak memory, tokens/s.
 
     Each model is loaded and measured in its own process, one after the other, so peak memory is
     per model. Perplexity runs over the whole text in windows of --seqlen tokens (see --stride);
-    speed is greedy generation of --gen-tokens tokens after a prompt cut from the text. Writes
-    eval.json and eval.md (the table, also printed).
+    speed is greedy generation of --gen-tokens tokens after a prompt cut from the text; --dtype applies
+    to unquantized models. Writes eval.json and eval.md (the table, also printed).
 
     Args:
         model: the model folder to evaluate: a GPTQ folder from `belle gptq quantize`, or any model folder.
@@ -375,9 +280,6 @@ def eval_(
         gen_tokens: tokens generated for the speed measurement (exactly that many: EOS is suppressed); 0 skips it.
         output: folder for eval.json and eval.md, or a file name ending in .json or .md (both are written beside
             each other); default: the --model folder.
-        device: cpu, cuda, cuda:N or auto; default: cuda if present.
-        dtype: weights dtype of unquantized models; auto is bfloat16 on GPUs that support it, float16 on others, float32 on CPU.
-        trust_remote_code: run Python code shipped in the model folders.
     """
     models = [("reference", reference)] if reference is not None else []
     models.append(("model", model))
@@ -399,7 +301,7 @@ def eval_(
         logger.info("--seqlen %d is longer than the models' %d positions; using %d", seqlen, context, window)
     if gen_tokens >= context:
         raise UsageError(f"--gen-tokens {gen_tokens} leaves no room for a prompt in the models' {context}-token context")
-    tokens = _count_tokens(models, text_value, trust_remote_code)
+    tokens = _count_tokens(models, text_value, load.trust_remote_code)
     files = _output_files(output if output is not None else model)
 
     rows = []
@@ -408,7 +310,8 @@ def eval_(
         text_file.write_text(text_value, encoding="utf-8")
         for role, folder in models:
             logger.info("measuring %s %s in a fresh process", role, folder)
-            spec = MeasureSpec(str(folder), str(text_file), window, stride, gen_tokens, device, dtype, trust_remote_code)
+            spec = MeasureSpec(str(folder), str(text_file), window, stride, gen_tokens, load.device, load.dtype,
+                               load.trust_remote_code)
             rows.append({"role": role, "path": str(folder), "weights": describe_weights(folder),
                          "quantization": quantization_info(folder), "weights_bytes": weights_bytes(folder),
                          **measure_in_subprocess(spec)})
@@ -416,7 +319,7 @@ def eval_(
     report = {
         "text": {"path": str(text), "chars": len(text_value), "tokens": tokens},
         "settings": {"seqlen": window, "stride": stride or window, "gen_tokens": gen_tokens,
-                     "prompt_tokens": rows[-1].get("prompt_tokens"), "device": device, "dtype": dtype},
+                     "prompt_tokens": rows[-1].get("prompt_tokens"), "device": load.device, "dtype": load.dtype},
         "models": rows,
     }
     markdown = render_markdown(report)

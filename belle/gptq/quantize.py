@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 from belle.architectures import family_of
 from belle.cli import UsageError
-from belle.data.outputs import write_text_atomic
 from belle.gptq.calibration import calibration_samples, is_text_file
 from belle.modeling import (TOKENIZER_FILES, ModelFolderError, check_model_path, model_type, read_checkpoint_info,
-                            read_json_object, resolve_template, weights_bytes, write_checkpoint_info)
+                            resolve_template, weights_bytes, write_checkpoint_info)
+from belle.records import read_json_object, write_text_atomic
 from belle.templates import Template, to_jinja
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def check_arguments(
         problems.append(f"--model {model}: not a model folder (no config.json)")
     else:
         try:
-            config = read_json_object(model / "config.json")
+            config = read_json_object(model / "config.json", ModelFolderError)
             check_model_path(model, TOKENIZER_FILES, "tokenizer")
             family = family_of(config)
             if family is not None and family.gptq_refusal:

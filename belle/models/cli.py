@@ -41,7 +41,7 @@ def tiny(
     """
     from belle.architectures import FAMILIES
     from belle.cli import UsageError
-    from belle.modeling import TOKENIZER_KINDS, build_tiny_model
+    from belle.models.tiny import TOKENIZER_KINDS, build_tiny_model
 
     if template not in TEMPLATE_NAMES or template == "model":
         raise UsageError(f"--template must be one of {', '.join(t for t in TEMPLATE_NAMES if t != 'model')}")

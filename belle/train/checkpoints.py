@@ -22,7 +22,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from belle.cli import UsageError
-from belle.data.outputs import write_text_atomic
+from belle.records import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
-"""`belle train --config FILE.yaml [key=value ...]` and `belle train merge`.
+"""`belle train CONFIG.yaml [key=value | --key value ...]` and `belle train merge`.
 
-Runs the same under one process, `torchrun`, `accelerate launch` and the `deepspeed` launcher (which
-adds `--local_rank`; the rank is read from the environment instead).
+The config file may also come as `--config FILE`; other trainers' key names (`--learning_rate 1e-4`,
+`lora_rank: 8`) are read through `belle.train.aliases`. Runs the same under one process, `torchrun`,
+`accelerate launch` and the `deepspeed` launcher (which adds `--local_rank`; the rank is read from the
+environment instead).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from pathlib import Path
 from typing import Sequence
 
 from belle.cli import UsageError, os_error_message, run_verbs, setup_logging
-from belle.config import ConfigError, config_keys, load_config
+from belle.config import ConfigError, config_keys, load_config, parse_config_args
 from belle.modeling import DTYPES
+from belle.train.aliases import ALIASES
 from belle.train.config import TrainConfig
 
 
@@ -42,28 +45,48 @@ VERBS = [merge]
 
 
 def config_parser(prog: str) -> argparse.ArgumentParser:
+    """The parser for `--help` and the reference; `parse_args` reads the command line through it."""
     parser = argparse.ArgumentParser(
         prog=prog,
+        usage="%(prog)s [CONFIG.yaml | --config CONFIG.yaml] [KEY=VALUE | --KEY VALUE ...]",
         description="Train a model: sft, pt or dpo; full, lora or qlora. Also: `merge` (see merge --help).",
-        epilog="keys: " + ", ".join(config_keys(TrainConfig)),
+        epilog="keys: " + ", ".join(config_keys(TrainConfig)) + ". Hugging Face, LLaMA-Factory and axolotl "
+               "names are read as these keys too (learning_rate, lora_rank, ...; see train/README.md).",
+        allow_abbrev=False,
     )
-    parser.add_argument("--config", type=Path, help="YAML config (see train/configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. output_dir=runs/a lora.r=8")
+    parser.add_argument("--config", type=Path, help="YAML config (see train/configs/); or give it first, without --config")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="e.g. output_dir=runs/a lora.r=8, or --lora.r 8, --lora.r=8; "
+                             "a bare --KEY sets a true/false key to true")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     return parser
+
+
+def parse_args(argv: Sequence[str], prog: str = "belle train") -> argparse.Namespace:
+    """`argv` as `config` (a Path or None) and `overrides` (`key=value` strings) for `load_train_config`."""
+    return parse_config_args(config_parser(prog), argv, TrainConfig, ALIASES)
+
+
+def load_train_config(path: Path | None, overrides: Sequence[str]) -> TrainConfig:
+    """The training config from a YAML file and overrides, other trainers' key names included."""
+    return load_config(TrainConfig, path, list(overrides), aliases=ALIASES)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.train") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["merge"]:
         return run_verbs(VERBS, argv, prog)
-    args = config_parser(prog).parse_args(argv)
+    try:
+        args = parse_args(argv, prog)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     setup_logging()
     from belle.train.run import train
 
     config = None
     try:
-        config = load_config(TrainConfig, args.config, args.overrides)
+        config = load_train_config(args.config, args.overrides)
         train(config)
     except (ConfigError, UsageError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

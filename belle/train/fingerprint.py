@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from belle.data.outputs import write_text_atomic
+from belle.records import write_text_atomic
 from belle.train.config import TrainConfig
 
 FILENAME = "run_fingerprint.json"

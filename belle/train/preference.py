@@ -11,17 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from belle.conversation import (
-    DataError,
-    Policy,
-    Rejection,
-    RejectReport,
-    as_source_list,
-    is_multiturn_string,
-    iter_source_records,
-    record_to_messages,
-    validate_messages,
-)
+from belle.conversation import Policy, is_multiturn_string, record_to_messages, validate_messages
+from belle.records import DataError, Rejection, RejectReport, as_source_list, iter_source_records
 
 
 def prompt_messages(prompt: Any) -> list[dict[str, str]]:

@@ -15,10 +15,9 @@ from typing import Any
 
 from belle.cli import UsageError
 from belle.config import config_to_dict, save_config
-from belle.conversation import DataError
-from belle.data.outputs import report_rejects
 from belle.dataset import TokenizeStats, load_conversations, rejected_lines, tokenize_dataset
 from belle.modeling import grow_embeddings, load_tokenizer, resolve_template, write_checkpoint_info
+from belle.records import DataError, report_rejects
 from belle.templates import Template, to_jinja
 from belle.tokenization import collate
 from belle.train.checkpoints import CheckpointCallback, foreign_checkpoints, remove_incomplete, resolve_resume

@@ -1,1 +1,2 @@
-"""Vocabulary extension: add pieces learned from a (Chinese) corpus to a model's tokenizer and embeddings."""
+"""`belle vocab`: vocabulary extension, adding pieces learned from a (Chinese) corpus to a model's tokenizer
+and embeddings."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from belle.cli import UsageError
-from belle.data.outputs import write_text_atomic
+from belle.records import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

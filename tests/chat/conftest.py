@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from typing import Iterator, NamedTuple
 import httpx
 import pytest
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 LOG_TAIL = 4000
 RUNNING: dict[str, Path] = {}
@@ -29,12 +30,6 @@ class Server(NamedTuple):
     url: str
     pid: int
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(log: Path) -> str:

@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from tests.chat.conftest import start_cli
-from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
 
 GREEDY = {"temperature": 0, "max_tokens": 32}
 QUESTION = [{"role": "user", "content": "你好，请介绍一下北京的历史和美食。"}]
@@ -218,6 +219,6 @@ def test_busy_server_answers_429_then_recovers(strict_server):
      (["--model", "MODEL", "--max-concurrent", "0"], "--max-concurrent"),
      (["--model", "a=MODEL", "--model", "a=MODEL"], "same name")],
 )
-def test_serve_refuses_bad_arguments(tiny_model_dir, args, message):
-    result = run_cli("serve", *[arg.replace("MODEL", str(tiny_model_dir)) for arg in args])
+def test_serve_refuses_bad_arguments(tiny_model_dir, belle_main, args, message):
+    result = belle_main("serve", *[arg.replace("MODEL", str(tiny_model_dir)) for arg in args])
     assert result.returncode == 2 and message in result.stderr

@@ -189,6 +189,7 @@ def raw_connection(server, timeout=20):
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_a_huge_declared_body_is_refused_before_it_is_read(server):
     connection = raw_connection(server)
     connection.putrequest("POST", "/v1/chat/completions")
@@ -201,6 +202,7 @@ def test_a_huge_declared_body_is_refused_before_it_is_read(server):
     assert f"{LIMIT} bytes" in error["message"] and "--max-request-bytes" in error["message"]
 
 
+@pytest.mark.slow
 def test_the_key_is_checked_before_the_size(server):
     connection = raw_connection(server)
     connection.putrequest("POST", "/v1/chat/completions")
@@ -210,6 +212,7 @@ def test_the_key_is_checked_before_the_size(server):
     assert response.status == 401 and json.loads(response.read())["error"]["code"] == "invalid_api_key"
 
 
+@pytest.mark.slow
 def test_a_chunked_body_is_cut_at_the_limit(server):
     connection = raw_connection(server)
     connection.putrequest("POST", "/v1/chat/completions")
@@ -231,6 +234,7 @@ def api(server, key=KEY):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
+@pytest.mark.slow
 def test_openai_client_still_works_and_gets_our_errors(server):
     reply = api(server).chat.completions.create(model="tiny", messages=QUESTION, max_tokens=4, temperature=0)
     assert reply.usage.completion_tokens <= 4 and reply.choices[0].message.content is not None
@@ -242,6 +246,7 @@ def test_openai_client_still_works_and_gets_our_errors(server):
     assert caught.value.status_code == 413 and "--max-request-bytes" in caught.value.message
 
 
+@pytest.mark.slow
 def test_the_server_log_gets_no_forged_lines(server):
     body = chat(**{"x\\nINFO forged: by a client": 1})
     httpx.post(f"{server.url}/v1/chat/completions", content=body, headers={**JSON, "authorization": f"Bearer {KEY}"}, timeout=60)

@@ -8,9 +8,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from belle.chat.cli import main as chat_main
 from belle.testing.openai_stub import Fault, serve_stub
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 
 PASSWORD = "pw-CHAT-5ecret"
 
@@ -27,6 +29,7 @@ def replies(stdout: str) -> list[str]:
     return re.findall(r"Assistant: (.*)", stdout)
 
 
+@pytest.mark.slow
 def test_terminal_chat_commands(tiny_model_dir):
     result = chat_session(tiny_model_dir, ["你好", "你好", "/reset", "你好", "/system 你是一位诗人。", "你好", "/oops", "/exit", "never read"])
     assert result.returncode == 0, result.stderr[-2000:]
@@ -40,16 +43,18 @@ def test_terminal_chat_commands(tiny_model_dir):
     assert out.count("User: ") == 8  # stopped at /exit: the last line was never read
 
 
+@pytest.mark.slow
 def test_end_of_input_quits(tiny_model_dir):
     result = chat_session(tiny_model_dir, [])
     assert result.returncode == 0 and "chatting with" in result.stdout
 
 
-def test_needs_a_model_or_a_server():
-    result = run_cli("chat", "--cli")
+def test_needs_a_model_or_a_server(belle_main):
+    result = belle_main("chat", "--cli")
     assert result.returncode == 2 and "--model" in result.stderr
 
 
+@pytest.mark.slow
 def test_through_a_server_the_model_is_picked_by_name(tiny_model_dir, start_cli):
     with start_cli("serve", "--model", f"a={tiny_model_dir}", "--model", f"b={tiny_model_dir}", ready="/health") as api:
         def session(*names: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from belle.chat.backends import BackendError, RemoteBackend
+from belle.chat.backends import BackendError, RemoteBackend, chat_options
 from belle.chat.web import build_app, to_messages
 from belle.testing.openai_stub import Fault, serve_stub
 from belle.generation import GenerationParams, PromptTooLong
@@ -65,6 +65,8 @@ def cpu_seconds(pid: int, window_s: float = 1.0) -> float:
 
 
 class FakeBackend:
+    context_length = None  # a server's: the page cannot see its limits
+
     def __init__(self, names=("tiny",), deltas=("你", "好", "！"), error=None):
         self.names = list(names)
         self.deltas, self.error = deltas, error
@@ -141,7 +143,7 @@ def test_backend_errors_are_messages(error, shown):
 
 def test_a_cut_or_garbled_stream_from_a_server_ends_in_a_note():
     with serve_stub([Fault(cut=True, body="半句话"), Fault(malformed=True, body="{not json"), "完整"]) as stub:
-        _, chat = chat_fn(RemoteBackend(stub.url))
+        _, chat = chat_fn(RemoteBackend(chat_options(stub.url)))
         cut = list(chat("一", [], "", 0.1, 0.75, 40, 1.2, 512))
         garbled = list(chat("二", [], "", 0.1, 0.75, 40, 1.2, 512))
         history = [{"role": "user", "content": "一"}, {"role": "assistant", "content": cut[-1]},
@@ -172,6 +174,7 @@ def test_a_model_picker_only_with_several_models():
 # The real CLI, through gradio_client.
 
 
+@pytest.mark.slow
 def test_serves_locally_only(web):
     deadline = time.monotonic() + 10  # the page answers a moment before `launch` prints its address
     while f"belle chat: {web.url}/" not in (log := web.log.read_text(encoding="utf-8")) and time.monotonic() < deadline:
@@ -179,6 +182,7 @@ def test_serves_locally_only(web):
     assert f"belle chat: {web.url}/" in log and "gradio.live" not in log
 
 
+@pytest.mark.slow
 def test_chat_endpoint_replies_in_chinese(web):
     parameters = chat_parameters(web)
     assert list(parameters) == ["message", *SETTINGS]
@@ -189,6 +193,7 @@ def test_chat_endpoint_replies_in_chinese(web):
     assert isinstance(reply, str) and reply.strip()
 
 
+@pytest.mark.slow
 def test_greedy_replies_repeat(web):
     chat = client(web)
     first = chat.predict(QUESTION, **GREEDY, api_name="/chat")
@@ -196,6 +201,7 @@ def test_greedy_replies_repeat(web):
     assert first and chat.predict(QUESTION, **GREEDY, api_name="/chat") == first
 
 
+@pytest.mark.slow
 def test_prompt_too_long_is_an_error_message(web):
     chat = client(web)
     with pytest.raises(AppError, match="exceed the model's 2048-token context"):
@@ -203,6 +209,7 @@ def test_prompt_too_long_is_an_error_message(web):
     assert chat.predict(QUESTION, api_name="/chat")  # the page still works
 
 
+@pytest.mark.slow
 def test_stop_ends_generation(web):
     """Cancelling a reply of up to 2000 tokens (greedy: over 1500 tokens before EOS) ends its generation in the server."""
     job = client(web).submit(QUESTION, temperature=0, max_new_tokens=2000, api_name="/chat")
@@ -214,6 +221,7 @@ def test_stop_ends_generation(web):
     assert any(cpu_seconds(web.pid) < 0.3 for _ in range(10)), "the server kept generating after Stop"
 
 
+@pytest.mark.slow
 def test_model_picker(web_two_models):
     parameters = chat_parameters(web_two_models)
     assert list(parameters) == ["message", *SETTINGS, "model"]
@@ -228,6 +236,7 @@ def test_model_picker(web_two_models):
         chat.predict(QUESTION, model="c", api_name="/chat")
 
 
+@pytest.mark.slow
 def test_remote_backend(web_remote):
     assert chat_parameters(web_remote)["max_new_tokens"]["parameter_default"] == 8
     chat = client(web_remote)
@@ -287,6 +296,7 @@ def set_setting(page, label: str, value: str) -> None:
     raise AssertionError(f"{label} stayed at {slider.input_value()}, not {value}")
 
 
+@pytest.mark.slow
 def test_browser_conversation(page, tmp_path):
     set_setting(page, "Temperature", "1")
     send(page, QUESTION)
@@ -321,6 +331,7 @@ def test_browser_conversation(page, tmp_path):
     assert counts(page) == (0, 0)
 
 
+@pytest.mark.slow
 def test_browser_stop(page, web):
     set_setting(page, "Temperature", "0")
     set_setting(page, "Max new tokens", "2000")

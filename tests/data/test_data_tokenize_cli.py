@@ -3,13 +3,14 @@
 import json
 from pathlib import Path
 
+import pytest
+
+from tests.helpers import read_jsonl
+
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
+@pytest.mark.slow
 def test_tokenize_writes_samples_with_masks_and_stats(belle_cli, tiny_model_dir, tmp_path):
     out = tmp_path / "tokens.jsonl"
     result = belle_cli("data", "tokenize", "--model", str(tiny_model_dir), "--input", str(SAMPLES / "belle_conversations.jsonl"),
@@ -25,6 +26,7 @@ def test_tokenize_writes_samples_with_masks_and_stats(belle_cli, tiny_model_dir,
     assert "samples kept:   24" in result.stdout
 
 
+@pytest.mark.slow
 def test_tokenize_packs_a_folder_of_mixed_formats_and_reports_rejects(belle_cli, tiny_model_dir, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
+
+import pytest
 
 from belle.testing.openai_stub import serve_stub
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import read_jsonl, run_module
 
 SEEDS = [
     {"id": "topic-english", "topic": "学习英语"},
@@ -36,11 +34,10 @@ def responder(request: dict) -> str:
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OPENAI_API_KEY": "sk-test", "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-m", "belle", "data", "chat", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+    return run_module("belle", "data", "chat", *args, timeout=300, OPENAI_API_KEY="sk-test")
 
 
+@pytest.mark.slow
 def test_dialogues_alternate_roles_pass_the_filters_and_resume(tmp_path):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in SEEDS), encoding="utf-8")
@@ -51,7 +48,7 @@ def test_dialogues_alternate_roles_pass_the_filters_and_resume(tmp_path):
         first = run(*args)
         assert first.returncode == 0, first.stderr
         calls = stub.calls
-        records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+        records = read_jsonl(output)
         assert [r["id"] for r in records] == ["topic-english", "sleep", "books"]
         for record in records:
             assert [turn["from"] for turn in record["conversations"]] == ["human", "assistant"] * 2
@@ -72,10 +69,11 @@ def test_dialogues_alternate_roles_pass_the_filters_and_resume(tmp_path):
         assert len(output.read_text(encoding="utf-8").splitlines()) == 3
 
 
-def test_a_bad_seed_line_is_named(tmp_path):
+def test_a_bad_seed_line_is_named(tmp_path, belle_main, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"topic": "旅行"}\n{"topic": "做饭", "question": "怎么煮饭？"}\n', encoding="utf-8")
-    result = run("--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--seeds", str(seeds),
-                 "--output", str(tmp_path / "o.jsonl"))
+    result = belle_main("data", "chat", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--seeds", str(seeds),
+                        "--output", str(tmp_path / "o.jsonl"))
     assert result.returncode == 2
     assert f"{seeds}:2" in result.stderr and "topic" in result.stderr

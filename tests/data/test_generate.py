@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from belle.testing.openai_stub import Fault, StubReply, serve_stub
+from tests.helpers import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-belle-test-SECRET-7d1f"
@@ -48,14 +49,11 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def stats_of(output: Path) -> dict:
     return json.loads(output.with_name(output.name + ".stats.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_filters_keep_clean_tasks_and_count_every_discard(tmp_path, seeds_file, scripted):
     tasks = scripted.TASKS
     first = [
@@ -101,6 +99,7 @@ def test_filters_keep_clean_tasks_and_count_every_discard(tmp_path, seeds_file, 
     assert "kept: 5 tasks of 50" in summary and "duplicate 3" in summary
 
 
+@pytest.mark.slow
 def test_faults_are_retried_then_counted_and_a_rerun_retries_the_failed_request(tmp_path, seeds_file, scripted):
     faults = [Fault(429, retry_after=0), Fault(500), Fault(malformed=True),  # request 0: all 3 attempts fail
               Fault(hang=5)]  # request 1: times out once, then succeeds
@@ -130,6 +129,7 @@ def test_faults_are_retried_then_counted_and_a_rerun_retries_the_failed_request(
         assert any(i.startswith("si-0-") for i in ids)  # the failed request was tried again
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, seeds_file, scripted):
     responder = scripted.new_tasks_per_prompt(4)
 
@@ -154,6 +154,7 @@ def test_a_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, seeds_file,
     assert stats_of(output)["kept"] == 20
 
 
+@pytest.mark.slow
 def test_a_reply_cut_short_by_num_is_reported_and_finished_by_a_larger_num(tmp_path, seeds_file, scripted):
     responder = scripted.new_tasks_per_prompt(4)
     output = tmp_path / "tasks.jsonl"
@@ -170,6 +171,7 @@ def test_a_reply_cut_short_by_num_is_reported_and_finished_by_a_larger_num(tmp_p
     assert stats["partial_request"] is None and stats["units"] == 1 and stats["kept"] == 4
 
 
+@pytest.mark.slow
 def test_the_cache_makes_a_rerun_call_nothing_and_keys_reach_no_file(tmp_path, seeds_file, scripted):
     responder = scripted.new_tasks_per_prompt(6)
 
@@ -194,11 +196,12 @@ def test_the_cache_makes_a_rerun_call_nothing_and_keys_reach_no_file(tmp_path, s
         assert KEY not in result.stdout + result.stderr
 
 
-def test_bad_seed_file_is_a_clear_error(tmp_path):
+def test_bad_seed_file_is_a_clear_error(tmp_path, belle_main, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
     bad = tmp_path / "seeds.jsonl"
     bad.write_text('{"id": "x", "name": "n", "instances": [{"input": "", "output": "好"}]}\n', encoding="utf-8")
-    result = run([sys.executable, "-m", "belle", "data", "generate", "--model", "m", "--base-url", "http://127.0.0.1:9/v1",
-                  "--output", str(tmp_path / "o.jsonl"), "--seeds", str(bad), "--num", "3"])
+    result = belle_main("data", "generate", "--model", "m", "--base-url", "http://127.0.0.1:9/v1",
+                        "--output", str(tmp_path / "o.jsonl"), "--seeds", str(bad), "--num", "3")
     assert result.returncode == 2
     assert f"{bad}:1" in result.stderr and "instruction" in result.stderr
 

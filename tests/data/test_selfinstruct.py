@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 
-from belle.conversation import DataError
 from belle.data.selfinstruct import (
     CATEGORIES,
     ParsedReply,
@@ -19,7 +18,9 @@ from belle.data.selfinstruct import (
     parse_reply,
     read_seed_tasks,
 )
+from belle.records import DataError
 from tests.conftest import BELLE_DATA
+from tests.helpers import read_jsonl
 
 BLACKLIST = ("图片", "图像", "照片", "文件", "图表", "链接", "http", "openai", "chatgpt", "gpt")
 
@@ -114,7 +115,7 @@ def test_seed_instructions_are_not_near_duplicates(seeds):
 def test_chat_seeds_have_ids_and_a_topic_or_question():
     from tests.conftest import SAMPLES
 
-    rows = [json.loads(line) for line in (SAMPLES / "chat_seeds.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = read_jsonl(SAMPLES / "chat_seeds.jsonl")
     assert len(rows) >= 16
     assert [row["id"] for row in rows] == [f"chat-seed-{i}" for i in range(len(rows))]
     for row in rows:

@@ -52,7 +52,7 @@ def test_punctuation_width_case_and_spaces_do_not_count():
 
 
 def corpus_phrases() -> list[str]:
-    from belle.modeling import tiny_corpus_lines
+    from belle.models.tiny import tiny_corpus_lines
 
     phrases = []
     for line in tiny_corpus_lines():
@@ -98,6 +98,7 @@ def sentences():
     return base, queries
 
 
+@pytest.mark.slow
 def test_index_exact_and_lsh_paths_agree(sentences):
     base, queries = sentences
     exact, lsh = NearDuplicateIndex(exact_limit=10**9), NearDuplicateIndex(exact_limit=0)
@@ -231,6 +232,7 @@ def test_find_duplicates_keeps_the_first_and_names_it():
     assert find_duplicates(["只有一条"]) == [None]
 
 
+@pytest.mark.slow
 def test_find_duplicates_matches_brute_force(sentences):
     base, queries = sentences
     rng = random.Random(9)

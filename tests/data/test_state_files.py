@@ -20,7 +20,7 @@ def _write_report(folder: Path) -> list[Path]:
 
 
 def _report_rejects(folder: Path) -> list[Path]:
-    from belle.data.outputs import report_rejects
+    from belle.records import report_rejects
 
     report_rejects(["a.jsonl:1: malformed JSON"], folder / "out.jsonl")
     return [folder / "out.jsonl.rejected.txt"]

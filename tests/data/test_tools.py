@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from belle.jsonl import resume_records
+import pytest
 
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
+from belle.records import resume_records
+from tests.helpers import write_jsonl
 
 
 def alpaca(instruction: str, output: str, **extra) -> dict:
     return {"instruction": instruction, "input": "", "output": output, **extra}
 
 
+@pytest.mark.slow
 def test_stats_counts_turns_lengths_categories_and_languages(tmp_path, belle_cli, tiny_model_dir):
     data = write_jsonl(tmp_path / "mixed.jsonl", [
         alpaca("介绍一下长城。", "长城是中国古代的军事防御工程。", category="open qa"),
@@ -44,6 +42,7 @@ def test_stats_counts_turns_lengths_categories_and_languages(tmp_path, belle_cli
     assert json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))["length_unit"] == "tokens"
 
 
+@pytest.mark.slow
 def test_dedup_removes_exact_and_chinese_near_duplicates_keeping_the_first(tmp_path, belle_cli):
     records = [
         alpaca("请介绍一下北京的四合院。", "四合院是……", id="a"),
@@ -72,6 +71,7 @@ def test_dedup_removes_exact_and_chinese_near_duplicates_keeping_the_first(tmp_p
     assert [r["id"] for r in resume_records(out)] == ["a", "c", "d", "e"]
 
 
+@pytest.mark.slow
 def test_filter_applies_each_rule_and_lists_the_removed(tmp_path, belle_cli):
     records = [
         alpaca("介绍一下太阳系有哪些行星。", "太阳系有八大行星：水星、金星、地球、火星、木星、土星、天王星和海王星。", id="keep"),
@@ -96,17 +96,3 @@ def test_filter_applies_each_rule_and_lists_the_removed(tmp_path, belle_cli):
                         "--no-blacklist", "--no-gpt-identity", "--no-zh-en-mismatch", "--min-chars", "0")
     assert lenient.returncode == 0, lenient.stderr
     assert len(resume_records(out)) == len(records)
-
-
-def test_resume_records_cuts_a_torn_last_line(tmp_path):
-    path = tmp_path / "out.jsonl"
-    path.write_text('{"id": 1}\n{"id": 2}\n{"id": 3, "te', encoding="utf-8")
-    assert resume_records(path) == [{"id": 1}, {"id": 2}]
-    assert path.read_text(encoding="utf-8") == '{"id": 1}\n{"id": 2}\n'
-
-
-def test_resume_records_keeps_line_separators_inside_strings(tmp_path):
-    path = tmp_path / "out.jsonl"
-    records = [{"raw": "a\u2028b\u0085c"}, {"raw": "d"}]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    assert resume_records(path) == records

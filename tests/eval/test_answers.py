@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from belle.conversation import DataError
 from belle.eval.answers import EVAL_DECODING, answer_locally, answer_remotely, pending_items, read_answers
 from belle.eval.evalset import EvalItem, default_eval_set_path, read_eval_set
 from belle.generation import Engine, GenerationParams
 from belle.llm import LLMOptions
+from belle.records import DataError
 from belle.testing.openai_stub import Fault, serve_stub
+from tests.helpers import read_jsonl
 
 SHORT = replace(EVAL_DECODING, max_new_tokens=8)
 ITEMS = [
@@ -22,15 +23,12 @@ ITEMS = [
 ]
 
 
-def lines(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
+@pytest.mark.slow
 def test_local_answers_every_item_and_multi_turn_turn_by_turn(tiny_engine, tmp_path):
     out = tmp_path / "answers.jsonl"
     run = answer_locally(tiny_engine, ITEMS, out, SHORT, batch_size=3)
     assert (run.answered, run.skipped) == (4, {})
-    records = {r["id"]: r for r in lines(out)}
+    records = {r["id"]: r for r in read_jsonl(out)}
     assert set(records) == {"one", "two", "multi", "calc"}
     multi = records["multi"]
     assert multi["question"] == list(ITEMS[2].turns) and len(multi["turn_answers"]) == 3
@@ -43,15 +41,17 @@ def test_local_answers_every_item_and_multi_turn_turn_by_turn(tiny_engine, tmp_p
     assert back["multi"].item == ITEMS[2] and back["one"].answer == records["one"]["answer"]
 
 
+@pytest.mark.slow
 def test_batched_greedy_answers_equal_one_at_a_time(tiny_engine, tmp_path):
     greedy = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=6)
     answer_locally(tiny_engine, ITEMS, tmp_path / "batched.jsonl", greedy, batch_size=4)
     answer_locally(tiny_engine, ITEMS, tmp_path / "single.jsonl", greedy, batch_size=1)
-    batched = {r["id"]: r["answer"] for r in lines(tmp_path / "batched.jsonl")}
-    single = {r["id"]: r["answer"] for r in lines(tmp_path / "single.jsonl")}
+    batched = {r["id"]: r["answer"] for r in read_jsonl(tmp_path / "batched.jsonl")}
+    single = {r["id"]: r["answer"] for r in read_jsonl(tmp_path / "single.jsonl")}
     assert batched == single
 
 
+@pytest.mark.slow
 def test_resume_answers_only_what_is_missing(tiny_engine, tmp_path):
     out = tmp_path / "answers.jsonl"
     answer_locally(tiny_engine, ITEMS[:2], out, SHORT)
@@ -60,9 +60,10 @@ def test_resume_answers_only_what_is_missing(tiny_engine, tmp_path):
     pending, already = pending_items(ITEMS, out)
     assert [item.id for item in pending] == ["multi", "calc"] and already == 2
     answer_locally(tiny_engine, pending, out, SHORT)
-    assert sorted(r["id"] for r in lines(out)) == ["calc", "multi", "one", "two"]
+    assert sorted(r["id"] for r in read_jsonl(out)) == ["calc", "multi", "one", "two"]
 
 
+@pytest.mark.slow
 def test_a_prompt_longer_than_the_context_is_skipped_and_named(tiny_engine, tmp_path):
     small = Engine(tiny_engine.model, tiny_engine.tokenizer, tiny_engine.template, "small", 40, tiny_engine.eos_token_ids)
     long_item = EvalItem("long", ("很长的问题" * 30,), "", "open qa")
@@ -79,7 +80,7 @@ def test_remote_answers_carry_history_and_decoding(tmp_path):
         run = answer_remotely(opts, ITEMS, tmp_path / "a.jsonl", EVAL_DECODING, system="你是助手。")
         requests = stub.requests
     assert run.answered == 4 and stub.calls == 6  # three single-turn items, one of three turns
-    records = {r["id"]: r for r in lines(tmp_path / "a.jsonl")}
+    records = {r["id"]: r for r in read_jsonl(tmp_path / "a.jsonl")}
     assert records["multi"]["turn_answers"] == ["第1轮回答", "第2轮回答", "第3轮回答"]
     assert records["one"]["model"] == "served"
     last = max((r for r in requests), key=lambda r: len(r["messages"]))
@@ -96,7 +97,7 @@ def test_remote_failure_skips_the_item_and_a_rerun_answers_it(tmp_path):
         assert first.answered == 1 and len(first.skipped) == 1
         pending, _ = pending_items(ITEMS[:2], out)
         second = answer_remotely(opts, pending, out, SHORT)
-    assert second.answered == 1 and sorted(r["id"] for r in lines(out)) == ["one", "two"]
+    assert second.answered == 1 and sorted(r["id"] for r in read_jsonl(out)) == ["one", "two"]
 
 
 def test_read_answers_names_file_line_and_field(tmp_path):

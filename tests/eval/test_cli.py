@@ -8,6 +8,7 @@ import pytest
 from belle.eval.cli import spread_over_classes
 from belle.eval.evalset import CLASSES, EvalItem, default_eval_set_path, read_eval_set
 from belle.testing.openai_stub import serve_stub
+from tests.helpers import read_jsonl
 
 
 def judge_by_class(request: dict) -> str:
@@ -18,12 +19,13 @@ def judge_by_class(request: dict) -> str:
     return "理由：还行。\n得分: 0.9" if "数学老师" in system or "资深程序员" in system else "得分: 0.5"
 
 
+@pytest.mark.slow
 def test_generate_score_report_through_the_cli(belle_cli, tiny_model_dir, tmp_path):
     answers = tmp_path / "answers.jsonl"
     generated = belle_cli("eval", "generate", "--model", str(tiny_model_dir), "--output", str(answers),
                           "--limit", "12", "--max-new-tokens", "8", "--batch-size", "4")
     assert generated.returncode == 0, generated.stderr
-    records = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
+    records = read_jsonl(answers)
     assert len(records) == 12 and {r["class"] for r in records} == set(CLASSES)  # --limit spreads over classes
     again = belle_cli("eval", "generate", "--model", str(tiny_model_dir), "--output", str(answers), "--limit", "12")
     assert again.returncode == 0 and "all 12 items are already answered" in again.stdout
@@ -51,6 +53,7 @@ def test_generate_score_report_through_the_cli(belle_cli, tiny_model_dir, tmp_pa
     assert "| **Score_w/o_others** |" in (run_dir / "report.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_run_does_all_three_and_reports_compare_runs(belle_cli, tiny_model_dir, tmp_path):
     with serve_stub("得分: 0.7") as stub:
         for name in ("first", "second"):
@@ -76,15 +79,15 @@ def test_run_does_all_three_and_reports_compare_runs(belle_cli, tiny_model_dir, 
     assert (overall["n"], overall["ties"], overall["win_rate_a"]) == (10, 10, 0.5)
 
 
-def test_bad_input_is_a_clear_error(belle_cli, tmp_path):
+def test_bad_input_is_a_clear_error(belle_main, tmp_path):
     bad = tmp_path / "set.jsonl"
     bad.write_text('{"question": "1+1?", "class": "math"}\n{"question": 3, "class": "math"}\n', encoding="utf-8")
-    result = belle_cli("eval", "generate", "--api-model", "m", "--api-base", "http://127.0.0.1:9/v1",
+    result = belle_main("eval", "generate", "--api-model", "m", "--api-base", "http://127.0.0.1:9/v1",
                        "--eval-set", str(bad), "--output", str(tmp_path / "a.jsonl"))
     assert result.returncode == 2 and f"{bad}:2: question: must be a string or a list" in result.stderr
-    neither = belle_cli("eval", "generate", "--output", str(tmp_path / "a.jsonl"))
+    neither = belle_main("eval", "generate", "--output", str(tmp_path / "a.jsonl"))
     assert neither.returncode == 2 and "either --model DIR" in neither.stderr
-    missing = belle_cli("eval", "report", str(tmp_path / "nothing"))
+    missing = belle_main("eval", "report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no such run folder" in missing.stderr
 
 

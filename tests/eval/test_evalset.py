@@ -2,21 +2,16 @@
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from belle.conversation import DataError
 from belle.eval.evalset import CLASSES, OTHERS, EvalItem, class_key, default_eval_set_path, derived_id, read_eval_set
+from belle.records import DataError
 from tests.conftest import BELLE_DATA
+from tests.helpers import write_jsonl
 
 BELLE_EVAL_SET = BELLE_DATA / "eval_set.json"
 needs_belle = pytest.mark.skipif(not BELLE_EVAL_SET.exists(), reason="BELLE's eval set is not in ../shared/belle-data")
-
-
-def write_lines(path: Path, records: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize(
@@ -46,8 +41,8 @@ def test_belle_eval_set_reads_with_unique_stable_ids():
 
 def test_derived_ids_do_not_depend_on_line_order(tmp_path):
     records = [{"question": f"问题{i}", "std_answer": "", "class": "open qa"} for i in range(5)]
-    forward = read_eval_set(write_lines(tmp_path / "a.jsonl", records))
-    backward = read_eval_set(write_lines(tmp_path / "b.jsonl", records[::-1]))
+    forward = read_eval_set(write_jsonl(tmp_path / "a.jsonl", records))
+    backward = read_eval_set(write_jsonl(tmp_path / "b.jsonl", records[::-1]))
     assert {i.turns: i.id for i in forward} == {i.turns: i.id for i in backward}
     assert forward[0].id == derived_id("open qa", ("问题0",))
     assert forward[0].id.startswith("open_qa-") and len(forward[0].id) == len("open_qa-") + 10
@@ -71,7 +66,7 @@ def test_json_array_and_ids_given_or_numbered(tmp_path):
 
 
 def test_multi_turn_item(tmp_path):
-    path = write_lines(tmp_path / "mt.jsonl", [{"question": ["第一问", "第二问"], "std_answer": "  ", "class": "Open QA"}])
+    path = write_jsonl(tmp_path / "mt.jsonl", [{"question": ["第一问", "第二问"], "std_answer": "  ", "class": "Open QA"}])
     [item] = read_eval_set(path)
     assert item == EvalItem(id=derived_id("open qa", ("第一问", "第二问")), turns=("第一问", "第二问"), std_answer="", klass="open qa")
 
@@ -95,14 +90,14 @@ def test_multi_turn_item(tmp_path):
     ],
 )
 def test_bad_record_names_file_line_and_field(tmp_path, record, field, problem):
-    path = write_lines(tmp_path / "bad.jsonl", [{"question": "好问题", "class": "math"}, record])
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"question": "好问题", "class": "math"}, record])
     with pytest.raises(DataError) as e:
         read_eval_set(path)
     assert f"{path}:2: {field}: " in str(e.value) and problem in str(e.value)
 
 
 def test_every_problem_is_listed_once_and_malformed_json_too(tmp_path):
-    path = write_lines(tmp_path / "bad.jsonl", [
+    path = write_jsonl(tmp_path / "bad.jsonl", [
         {"question": "甲", "class": "math", "id": "a"},
         "{not json",
         {"question": "乙", "class": "math", "id": "a"},

@@ -1,23 +1,26 @@
-"""Judge prompts for every class (BELLE's and ours), the judge's messages, and reading scores."""
-
-import json
-from pathlib import Path
+"""Judge prompts for every class (BELLE's and ours), the judge's messages, reading scores, and the
+pairwise judge's messages and verdicts."""
 
 import pytest
 
-from belle.conversation import DataError
 from belle.eval.evalset import CLASSES, EvalItem, read_eval_set
 from belle.eval.judging import (
     NO_REFERENCE,
     OUTPUT_RULE,
+    PAIRWISE_NO_REFERENCE,
+    PAIRWISE_SYSTEM_PROMPT,
     ParsedScore,
     default_judge_prompts_path,
     judge_messages,
     missing_prompts,
+    pairwise_messages,
     parse_score,
+    parse_verdict,
     read_judge_prompts,
 )
+from belle.records import DataError
 from tests.conftest import BELLE_DATA
+from tests.helpers import write_jsonl
 
 BELLE_EVAL_SET = BELLE_DATA / "eval_set.json"
 BELLE_PROMPTS = BELLE_DATA / "eval_prompt.json"
@@ -54,11 +57,6 @@ def test_missing_prompts_lists_each_class_once():
     assert missing_prompts(items, {"Math": "p"}) == ["poetry"]
 
 
-def write_lines(path: Path, lines: list) -> Path:
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines), encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize(
     "record, expected",
     [
@@ -72,7 +70,7 @@ def write_lines(path: Path, lines: list) -> Path:
     ],
 )
 def test_bad_prompt_file_names_file_line_and_field(tmp_path, record, expected):
-    path = write_lines(tmp_path / "prompts.jsonl", [{"class": "math", "prompt": "p"}, record])
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"class": "math", "prompt": "p"}, record])
     with pytest.raises(DataError) as e:
         read_judge_prompts(path)
     assert f"{path}:2: {expected}" in str(e.value)
@@ -80,7 +78,7 @@ def test_bad_prompt_file_names_file_line_and_field(tmp_path, record, expected):
 
 def test_empty_prompt_file_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no judge prompts"):
-        read_judge_prompts(write_lines(tmp_path / "p.jsonl", []))
+        read_judge_prompts(write_jsonl(tmp_path / "p.jsonl", []))
 
 
 PROMPTS = {"closed\xa0QA": "只依据材料评判。", "open QA": "评判事实是否准确。"}
@@ -185,3 +183,61 @@ def test_parse_score_reason():
     assert parse_score("得分: 0.8") == ParsedScore(0.8, "")
     assert parse_score("得分: 0.3\n原因：漏掉了一个要点。") == ParsedScore(0.3, "漏掉了一个要点。")
     assert parse_score("回答正确，得分：1").reason == "回答正确，得分：1"  # reason and score share the line
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairwise: the two answers' messages and the verdict
+
+
+@pytest.mark.parametrize("reply, verdict", [
+    ("A 更准确。\n[[A]]", "A"),
+    ("两者都对，B 更简洁。\n\n[[B]]\n", "B"),
+    ("难分高下。[[C]]", "tie"),
+    ("[[平局]]", "tie"),
+    ("[[ tie ]]", "tie"),
+    ("结论：[[b]]", "B"),  # lower case inside double brackets
+    ("最终判断：[A]", "A"),
+    ("【B】", "B"),
+    ("【平局】", "tie"),
+    ("［［Ａ］］", "A"),  # full-width brackets and letter (NFKC)
+    ("**[[B]]**", "B"),  # markdown emphasis
+    ("起初我想给 [[A]]，但细看 B 的推导才对。\n[[B]]", "B"),  # the last marker wins
+    ("[[C]] 不对，应该是 [[A]]", "A"),
+    ("分析……\n结论：B", "B"),  # no marker: a last line that is only a verdict
+    ("分析……\nVerdict: tie", "tie"),
+    ("分析……\nA", "A"),
+    ("两个回答各有长短，无法判断。", None),  # no verdict: a failure, never a tie
+    ("", None),
+    ("代码里 arr[a] 越界了，所以是助手A更好", None),  # `[a]` in code is no marker
+    ("[[D]]", None),
+    ("A 和 B 都还行", None),
+    ("分析……\na", None),
+])
+def test_parse_verdict(reply, verdict):
+    assert parse_verdict(reply) == verdict
+
+
+def test_messages_show_both_answers_between_markers():
+    item = EvalItem("q", ("一加一等于几？",), "2", "math")
+    system, user = pairwise_messages(item, "等于2。", "等于3。")
+    assert system == {"role": "system", "content": PAIRWISE_SYSTEM_PROMPT}
+    assert "[[A]]" in PAIRWISE_SYSTEM_PROMPT and "[[B]]" in PAIRWISE_SYSTEM_PROMPT and "[[C]]" in PAIRWISE_SYSTEM_PROMPT
+    text = user["content"]
+    assert "【问题 开始】\n一加一等于几？\n【问题 结束】" in text
+    assert "【标准答案 开始】\n2\n【标准答案 结束】" in text  # the same block as scoring's, BELLE's word
+    assert text.index("等于2。") < text.index("【助手A的回答 结束】") < text.index("等于3。") < text.index("【助手B的回答 结束】")
+
+    no_ref = pairwise_messages(EvalItem("q", ("写首诗",), "", "generation"), "诗一", "")[1]["content"]
+    assert PAIRWISE_NO_REFERENCE in no_ref and "（空回答）" in no_ref
+
+    multi = pairwise_messages(EvalItem("m", ("我叫小明。", "我叫什么？"), "小明", "open qa"), "小明", "不知道")[1]["content"]
+    assert "第1轮用户：我叫小明。\n第2轮用户：我叫什么？" in multi
+    assert "对第2轮的回复" in multi
+
+
+def test_scoring_and_pairwise_show_the_question_and_reference_alike():
+    item = EvalItem("q", ("一加一等于几？",), "2", "math")
+    scored = judge_messages(item, "2", {"math": "判分"})[1]["content"]
+    compared = pairwise_messages(item, "2", "3")[1]["content"]
+    block = "【问题 开始】\n一加一等于几？\n【问题 结束】\n\n【标准答案 开始】\n2\n【标准答案 结束】\n\n"
+    assert scored.startswith(block) and compared.startswith(block)

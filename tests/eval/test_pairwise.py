@@ -1,4 +1,5 @@
-"""Pairwise judging: verdict parsing, both orders, counts equal a hand computation, resuming, the CLI."""
+"""Pairwise judging: both orders, counts equal a hand computation, resuming, the CLI (its prompt and
+verdict parsing: test_judging.py)."""
 
 import json
 import re
@@ -7,57 +8,11 @@ from pathlib import Path
 import pytest
 
 from belle.cli import UsageError, run_verbs
-from belle.eval.evalset import EvalItem
-from belle.eval.pairwise import (NO_REFERENCE, SYSTEM_PROMPT, PairwiseCounts, combine, model_pick, pairwise,
-                                 pairwise_messages, parse_verdict)
+from belle.eval.judging import PAIRWISE_SYSTEM_PROMPT
+from belle.eval.pairwise import PairwiseCounts, combine, model_pick, pairwise
 from belle.llm import LLMOptions
 from belle.testing.openai_stub import Fault, serve_stub
-
-
-@pytest.mark.parametrize("reply, verdict", [
-    ("A 更准确。\n[[A]]", "A"),
-    ("两者都对，B 更简洁。\n\n[[B]]\n", "B"),
-    ("难分高下。[[C]]", "tie"),
-    ("[[平局]]", "tie"),
-    ("[[ tie ]]", "tie"),
-    ("结论：[[b]]", "B"),  # lower case inside double brackets
-    ("最终判断：[A]", "A"),
-    ("【B】", "B"),
-    ("【平局】", "tie"),
-    ("［［Ａ］］", "A"),  # full-width brackets and letter (NFKC)
-    ("**[[B]]**", "B"),  # markdown emphasis
-    ("起初我想给 [[A]]，但细看 B 的推导才对。\n[[B]]", "B"),  # the last marker wins
-    ("[[C]] 不对，应该是 [[A]]", "A"),
-    ("分析……\n结论：B", "B"),  # no marker: a last line that is only a verdict
-    ("分析……\nVerdict: tie", "tie"),
-    ("分析……\nA", "A"),
-    ("两个回答各有长短，无法判断。", None),  # no verdict: a failure, never a tie
-    ("", None),
-    ("代码里 arr[a] 越界了，所以是助手A更好", None),  # `[a]` in code is no marker
-    ("[[D]]", None),
-    ("A 和 B 都还行", None),
-    ("分析……\na", None),
-])
-def test_parse_verdict(reply, verdict):
-    assert parse_verdict(reply) == verdict
-
-
-def test_messages_show_both_answers_between_markers():
-    item = EvalItem("q", ("一加一等于几？",), "2", "math")
-    system, user = pairwise_messages(item, "等于2。", "等于3。")
-    assert system == {"role": "system", "content": SYSTEM_PROMPT}
-    assert "[[A]]" in SYSTEM_PROMPT and "[[B]]" in SYSTEM_PROMPT and "[[C]]" in SYSTEM_PROMPT
-    text = user["content"]
-    assert "【问题 开始】\n一加一等于几？\n【问题 结束】" in text
-    assert "【参考答案 开始】\n2\n【参考答案 结束】" in text
-    assert text.index("等于2。") < text.index("【助手A的回答 结束】") < text.index("等于3。") < text.index("【助手B的回答 结束】")
-
-    no_ref = pairwise_messages(EvalItem("q", ("写首诗",), "", "generation"), "诗一", "")[1]["content"]
-    assert NO_REFERENCE in no_ref and "（空回答）" in no_ref
-
-    multi = pairwise_messages(EvalItem("m", ("我叫小明。", "我叫什么？"), "小明", "open qa"), "小明", "不知道")[1]["content"]
-    assert "第1轮用户：我叫小明。\n第2轮用户：我叫什么？" in multi
-    assert "对第2轮的回复" in multi
+from tests.helpers import read_jsonl
 
 
 def test_orders_map_back_to_models():
@@ -137,10 +92,6 @@ def judge_options(tmp_path, stub, cache: str | None = None, **kw) -> LLMOptions:
     return LLMOptions(model="judge", base_url=stub.url, cache=cache, max_retries=0, concurrency=4, **kw)
 
 
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def test_counts_and_win_rates_equal_a_hand_computation(tmp_path, files, capsys):
     out = tmp_path / "out"
     with serve_stub(scripted_judge) as stub:
@@ -148,7 +99,7 @@ def test_counts_and_win_rates_equal_a_hand_computation(tmp_path, files, capsys):
         requests = list(stub.requests)
     assert code == 0
     assert len(requests) == 2 * len(SET)  # both orders of every common item, none for x1 / y1
-    records = {r["id"]: r for r in read_lines(out / "pairwise.jsonl")}
+    records = {r["id"]: r for r in read_jsonl(out / "pairwise.jsonl")}
     assert {k: r["result"] for k, r in records.items()} == EXPECTED
     assert (records["q4"]["verdict_ab"], records["q4"]["verdict_ba"]) == ("A", "B")
     assert (records["m3"]["verdict_ab"], records["m3"]["verdict_ba"]) == ("tie", "A")
@@ -207,7 +158,7 @@ def test_ties_failures_and_the_completion_api(tmp_path, files):
         options = judge_options(tmp_path, stub, cache="off", api="completion")
         assert pairwise(*files, judge=options, output=tmp_path / "ties") == 0
         assert {r["_path"] for r in stub.requests} == {"/v1/completions"}
-        assert SYSTEM_PROMPT in stub.requests[0]["prompt"]
+        assert PAIRWISE_SYSTEM_PROMPT in stub.requests[0]["prompt"]
     overall = json.loads((tmp_path / "ties" / "pairwise.json").read_text(encoding="utf-8"))["overall"]
     assert overall == {"n": 8, "wins_a": 0, "wins_b": 0, "ties": 8, "inconsistent": 0, "failed": 0,
                        "win_rate_a": 0.5, "win_rate_b": 0.5}
@@ -255,7 +206,7 @@ def test_failed_calls_leave_items_for_a_rerun(tmp_path, files, capsys):
     with serve_stub(judge) as stub:  # one server for both runs: the cache key holds its URL
         assert pairwise(a, b, judge=judge_options(tmp_path, stub), output=out) == 1
         assert "2 items were not judged: judge calls failed for good (server_error 2); re-run" in capsys.readouterr().err
-        assert {r["id"] for r in read_lines(out / "pairwise.jsonl")} == set(EXPECTED)
+        assert {r["id"] for r in read_jsonl(out / "pairwise.jsonl")} == set(EXPECTED)
         assert json.loads((out / "pairwise.json").read_text(encoding="utf-8"))["unjudged"] == 2
 
         # a kill mid-write leaves a torn last line: it is cut and its item judged again (from the cache)
@@ -268,7 +219,7 @@ def test_failed_calls_leave_items_for_a_rerun(tmp_path, files, capsys):
         calls = stub.calls
         assert pairwise(a, b, judge=judge_options(tmp_path, stub), output=out) == 0
         assert stub.calls - calls == 4  # d1 and d2 in both orders; the torn item's replies come from the cache
-    records = read_lines(out / "pairwise.jsonl")
+    records = read_jsonl(out / "pairwise.jsonl")
     ids = [r["id"] for r in records]
     assert sorted(ids) == sorted([*EXPECTED, "d1", "d2"]) and torn_id in ids  # every item once
     by_id = {r["id"]: r for r in records}

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from belle.conversation import DataError
 from belle.eval.cli import main as eval_main
 from belle.eval.report import (ClassResult, RunReport, bootstrap_ci, build_report, item_scores,
                                report_markdown, write_report)
+from belle.records import DataError
 
 # Run "a": three classes, two samples per item. Scores are dyadic fractions so every mean below is
 # exact in binary floating point and the report must match it with ==.

@@ -164,6 +164,7 @@ def test_judge_params_defaults():
     assert judge_params(3, 0.2, 100)["temperature"] == 0.2
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_loses_and_doubles_nothing(tmp_path):
     n = 40
     answers = write_answers(tmp_path / "answers.jsonl", {f"i{k:02d}": (CLASSES[k % 10], f"a{k}") for k in range(n)})

@@ -15,14 +15,16 @@ import httpx
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from belle.chat.backends import LocalBackend
 from belle.cli import UsageError
-from belle.conversation import DataError
+from belle.eval.answers import stream_answer
 from belle.eval.cli import main as eval_main
 from belle.eval.webui import (
     ALL, class_choices, fenced, items_of_class, judge_one, judge_options, llm_error_message, question_choices,
-    question_text, score_file, shuffle_pick, stream_replies, verdict_markdown,
+    question_text, score_file, shuffle_pick, verdict_markdown,
 )
 from belle.llm import LLMError, LLMOptions
+from belle.records import DataError
 from belle.testing.openai_stub import Fault, serve_stub
 from tests.chat.conftest import start_cli
 
@@ -205,6 +207,8 @@ class FakeStream:
 class FakeEngine:
     """Replies "回答N" to the N-th turn, one character at a time, and records the histories."""
 
+    context_length = 2048
+
     def __init__(self):
         self.histories, self.streams = [], []
 
@@ -217,7 +221,7 @@ class FakeEngine:
 def test_generation_answers_each_turn_after_the_earlier_replies(items):
     item = next(item for item in items if item.id == "zh-open_qa-07")
     engine = FakeEngine()
-    steps = list(stream_replies(engine, item, params=None))
+    steps = list(stream_answer(LocalBackend({"fake": engine}), "fake", item, params=None))
     assert steps[0] == ["回"] and steps[-1] == ["回答1", "回答2"]
     assert engine.histories == [
         [{"role": "user", "content": item.turns[0]}],
@@ -321,6 +325,7 @@ def save_screenshot(page, name: str) -> None:
     page.screenshot(path=ARTIFACTS / name, full_page=True)
 
 
+@pytest.mark.slow
 def test_page_is_local_and_keeps_no_run_history(web):
     deadline = time.monotonic() + 10  # the page answers a moment before `launch` prints its address
     while "belle eval webui: " not in (log := web.log.read_text(encoding="utf-8")) and time.monotonic() < deadline:
@@ -330,6 +335,7 @@ def test_page_is_local_and_keeps_no_run_history(web):
     assert config["run_history"] is False  # it would keep every request's inputs, the key field's among them
 
 
+@pytest.mark.slow
 def test_browser_question_by_class_shuffle_and_score(page, stub, items):
     choose(page, "class", "math (7)")
     page.wait_for_function("() => document.querySelector('#question input').value.startsWith('zh-math-01')")
@@ -353,6 +359,7 @@ def test_browser_question_by_class_shuffle_and_score(page, stub, items):
     assert stub.requests[-1]["_headers"]["authorization"] == "Bearer EMPTY"  # no key typed, none in the env
 
 
+@pytest.mark.slow
 def test_browser_generates_a_multi_turn_answer(page, items):
     choose(page, "class", "open qa (7)")
     page.wait_for_function("() => document.querySelector('#question input').value.startsWith('zh-open_qa-01')")
@@ -367,6 +374,7 @@ def test_browser_generates_a_multi_turn_answer(page, items):
     assert "Score: 0.70" in score_answer(page, generated + "（已修改）")  # a generated answer can be edited
 
 
+@pytest.mark.slow
 def test_browser_scores_an_answers_file(page, web, items, tmp_path):
     answers = write_answers(tmp_path / "my_answers.jsonl", items, ANSWERS)
     score_upload(page, answers, samples=2)
@@ -385,6 +393,7 @@ def test_browser_scores_an_answers_file(page, web, items, tmp_path):
     assert len((run_dir / "judgments.jsonl").read_text(encoding="utf-8").splitlines()) == 10
 
 
+@pytest.mark.slow
 def test_browser_bad_answers_file_is_a_message(page, tmp_path):
     bad = tmp_path / "bad_answers.jsonl"
     bad.write_text('{"question": "你好", "class": "open qa"}\n', encoding="utf-8")
@@ -394,6 +403,7 @@ def test_browser_bad_answers_file_is_a_message(page, tmp_path):
     assert "Traceback" not in status
 
 
+@pytest.mark.slow
 def test_typed_key_reaches_the_judge_and_nothing_else(page, web, stub, items, tmp_path):
     before = len(stub.requests)
     assert "Score: 0.70" in score_answer(page, "叶绿素分解。", KEY)

@@ -19,7 +19,7 @@ from belle.eval.scoring import score_answers
 from belle.eval.webui import build_app, judge_options, serve, upload_limit_bytes
 from belle.llm import LLMFatalError, LLMOptions
 from belle.testing.openai_stub import serve_stub
-from tests.chat.conftest import free_port
+from tests.helpers import free_port
 
 OPERATOR_KEY = "sk-operator-Hq7Zr2Lk9Vx4"  # the key the page was started with, in its environment
 VISITOR_KEY = "sk-visitor-Mw3Tn8Pd5Ys1"

@@ -7,7 +7,7 @@ import pytest
 
 from belle.cli import UsageError
 from belle.gptq.calibration import calibration_samples, token_stream
-from belle.modeling import tiny_corpus_text
+from belle.models.tiny import tiny_corpus_text
 from belle.templates import get_template
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"

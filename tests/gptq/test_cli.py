@@ -3,9 +3,12 @@ folder where models are loaded (here `belle eval generate`)."""
 
 import json
 
-from belle.modeling import tiny_heldout_text
+import pytest
+
+from belle.models.tiny import tiny_heldout_text
 
 
+@pytest.mark.slow
 def test_quantize_eval_and_use_through_the_cli(belle_cli, trained_tiny_dir, tmp_path):
     out = tmp_path / "rtn4"
     quantized = belle_cli("gptq", "quantize", "--model", str(trained_tiny_dir), "--out", str(out), "--method", "rtn",

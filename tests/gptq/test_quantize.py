@@ -17,18 +17,14 @@ import pytest
 
 from belle.cli import run_verbs
 from belle.generation import GenerationParams, load_engine
-from belle.gptq.evaluate import perplexity
 from belle.gptq.quantize import quantize
-from belle.modeling import (
-    build_tiny_model,
-    load_model,
-    load_tokenizer,
-    tiny_corpus_text,
-    tiny_heldout_text,
-    tiny_split_at,
-)
+from belle.modeling import load_model, load_tokenizer
+from belle.models.tiny import build_tiny_model, tiny_corpus_text, tiny_heldout_text, tiny_split_at
+from belle.perplexity import perplexity
 
 from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.slow
 
 EVAL_CHARS = 4000  # the tail of the training text kept out of calibration: about 1,500 tokens
 SEQLEN = 128  # the tiny model's training length

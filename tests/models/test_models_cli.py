@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow
 def test_model_tiny_builds_a_loadable_folder(belle_cli, tmp_path):
     out = tmp_path / "tiny"
     result = belle_cli("model", "tiny", "--out", str(out), "--hidden-size", "64", "--intermediate-size", "128", "--template", "chatml")
@@ -17,8 +20,8 @@ def test_model_tiny_builds_a_loadable_folder(belle_cli, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == len(tokenizer)
 
 
-def test_model_tiny_rejects_inconsistent_shapes(belle_cli, tmp_path):
-    result = belle_cli("models", "tiny", "--out", str(tmp_path / "t"), "--hidden-size", "30", "--heads", "4")
+def test_model_tiny_rejects_inconsistent_shapes(belle_main, tmp_path):
+    result = belle_main("models", "tiny", "--out", str(tmp_path / "t"), "--hidden-size", "30", "--heads", "4")
     assert result.returncode == 2 and "divisible" in result.stderr
     assert not (tmp_path / "t").exists()
 
@@ -54,6 +57,7 @@ def test_model_tiny_names_the_families_it_builds(tmp_path, capsys):
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow
 def test_models_decrypt_restores_a_release_through_the_cli(belle_cli, tmp_path):
     """A release smaller than one 10 MiB block: the key file simply repeats over each file."""
     import hashlib

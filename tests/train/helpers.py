@@ -1,13 +1,11 @@
-"""Inputs for `belle train` runs and readers for what a run writes, shared by the train tests."""
+"""Inputs for `belle train` runs and readers for what a run writes, shared by the train tests
+(JSON Lines files, processes and free ports: `tests.helpers`)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +35,6 @@ def files_list(*paths: Path) -> str:
     return "[" + ",".join(str(p) for p in paths) + "]"
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8", **extra}
-
-
-def run_module(module: str, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` in the repository root, with extra environment variables."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env=cli_env(**env), cwd=REPO, timeout=timeout)
-
-
 def tail(result: subprocess.CompletedProcess, chars: int = 4000) -> str:
     """The end of a finished process's output, for assertion messages."""
     return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-chars:]}\n--- stderr ---\n{result.stderr[-chars:]}"
@@ -56,15 +44,6 @@ def conversation(question: str, answer: str, id: str | None = None) -> dict[str,
     """One record in BELLE's `conversations` format."""
     record: dict[str, Any] = {"conversations": [{"from": "human", "value": question}, {"from": "assistant", "value": answer}]}
     return {"id": id, **record} if id else record
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -103,9 +82,3 @@ def assert_same_losses(a: dict[int, float], b: dict[int, float], atol: float = 0
 
 def numbers_in(text: str) -> list[str]:
     return re.findall(r"\d+\.\d+", text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -11,7 +11,9 @@ import re
 
 import pytest
 
-from tests.train.helpers import SAMPLES, conversation, files_list, run_module, train_overrides, write_jsonl
+from tests.helpers import write_jsonl
+from tests.helpers import run_module
+from tests.train.helpers import SAMPLES, conversation, files_list, train_overrides
 
 LONG_ANSWER = "这是一个很长的回答，" * 40
 
@@ -92,6 +94,7 @@ def test_bad_input_exits_2_naming_the_problem_before_loading_the_model(decoy_mod
     assert not (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_module_entry_point_reports_bad_input_the_same_way(decoy_model_dir, tmp_path):
     """`python -m belle.train` (what torchrun launches) also exits 2 with the suggestion."""
     args = train_overrides(decoy_model_dir, tmp_path / "run", f"data.train_files={files_list(SAMPLES / 'belle_conversations.jsonl')}",

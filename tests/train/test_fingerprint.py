@@ -8,7 +8,8 @@ import pytest
 from belle.config import load_config
 from belle.train.config import TrainConfig
 from belle.train.fingerprint import check_fingerprint, differences, read_fingerprint, run_fingerprint, write_fingerprint
-from tests.train.helpers import conversation, files_list, write_jsonl
+from tests.helpers import write_jsonl
+from tests.train.helpers import conversation, files_list
 
 
 @pytest.fixture

@@ -1,6 +1,11 @@
 """Gradient accumulation is exact: 8 micro-batches of 1 sample train like one batch of 8."""
 
-from tests.train.helpers import assert_same_losses, assert_same_weights, conversation, files_list, load_weights, losses_by_step, write_jsonl
+import pytest
+
+from tests.helpers import write_jsonl
+from tests.train.helpers import assert_same_losses, assert_same_weights, conversation, files_list, load_weights, losses_by_step
+
+pytestmark = pytest.mark.slow
 
 WORDS = ("the quick brown fox jumps over the lazy dog while a small bird sings in the old tree near the river "
          "and children play with a red ball on the green grass under the warm afternoon sun of early summer").split()

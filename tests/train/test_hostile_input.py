@@ -10,7 +10,8 @@ from belle.train.checkpoints import IN_PROGRESS
 from belle.train.cli import main
 from belle.train.config import TrainConfig
 from belle.train.fingerprint import run_fingerprint, write_fingerprint
-from tests.train.helpers import conversation, files_list, train_overrides, write_jsonl
+from tests.helpers import write_jsonl
+from tests.train.helpers import conversation, files_list, train_overrides
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def test_a_lora_run_adapts_every_block_layer_and_records_the_trainable_count(tmp
     over the adapted layers (for DPO, not counting the frozen `ref` copy TRL adds)."""
     from transformers import AutoModelForCausalLM
 
-    from belle.modeling import build_tiny_model
+    from belle.models.tiny import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "model", arch=arch)
     out = tmp_path / "run"

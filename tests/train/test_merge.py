@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 import torch
 
 from tests.train.helpers import SAMPLES, files_list, read_metrics
 
 
+@pytest.mark.slow
 def test_lora_run_saves_an_adapter_that_merge_folds_into_the_base(train, belle_cli, tiny_model_dir, tmp_path):
     """method=lora writes adapter files (rank 8) and no full weights; the merged folder is a complete
     model (weights, tokenizer, belle.json) whose logits equal base + adapter, and differ from the base."""
@@ -42,10 +44,10 @@ def test_lora_run_saves_an_adapter_that_merge_folds_into_the_base(train, belle_c
     torch.testing.assert_close(merged, expected, atol=1e-4, rtol=0)
 
 
-def test_merge_names_a_missing_adapter_folder(belle_cli, tiny_model_dir, tmp_path):
+def test_merge_names_a_missing_adapter_folder(belle_main, tiny_model_dir, tmp_path):
     """Merging from a folder that does not exist is a usage error naming it, and writes nothing."""
     missing = tmp_path / "no-adapter"
-    result = belle_cli("train", "merge", "--base", str(tiny_model_dir), "--adapter", str(missing), "--out", str(tmp_path / "merged"))
+    result = belle_main("train", "merge", "--base", str(tiny_model_dir), "--adapter", str(missing), "--out", str(tmp_path / "merged"))
     assert result.returncode == 2 and "error:" in result.stderr and str(missing) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "merged").exists()

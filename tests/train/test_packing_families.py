@@ -10,7 +10,7 @@ from belle.architectures import FAMILIES
 from belle.cli import UsageError
 from belle.cli import main as belle
 from belle.config import load_config
-from belle.modeling import build_tiny_model
+from belle.models.tiny import build_tiny_model
 from belle.train.config import TrainConfig
 from belle.train.packing import check_packing, packed_logit_gap, packing_problems, pt_unpacked_notice
 from tests.train.helpers import REPO, SAMPLES, files_list, read_metrics, train_overrides

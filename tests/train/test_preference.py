@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from belle.conversation import DataError, Rejection
+from belle.records import DataError, Rejection
 from belle.train.preference import load_preference_pairs, preference_pair
 
 

@@ -16,8 +16,8 @@ import yaml
 
 from belle.cli import main as belle_main
 from belle.train.distributed import LAUNCHER_VARIABLES, ensure_single_process_world
-from tests.train.helpers import (REPO, SAMPLES, cli_env, files_list, free_port, load_weights, losses_by_step, read_jsonl,
-                                 read_metrics, tail)
+from tests.helpers import cli_env, free_port, read_jsonl
+from tests.train.helpers import REPO, SAMPLES, files_list, load_weights, losses_by_step, read_metrics, tail
 
 CONFIGS = REPO / "train" / "configs"
 SFT = (SAMPLES / "belle_conversations.jsonl",)

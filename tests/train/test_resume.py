@@ -6,19 +6,21 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from tests.helpers import cli_env, read_jsonl, write_jsonl
 from tests.train.helpers import (
     REPO,
     SAMPLES,
     assert_same_losses,
     assert_same_weights,
-    cli_env,
     files_list,
     load_weights,
     losses_by_step,
-    read_jsonl,
     train_overrides,
-    write_jsonl,
 )
+
+pytestmark = pytest.mark.slow
 
 SETTINGS = ("training.max_steps=30", "training.save_steps=5", "training.batch_size=2", "training.learning_rate=1e-3",
             "data.pack=false", "training.seed=7")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.helpers import read_jsonl, write_jsonl
 from tests.train.helpers import (
     SAMPLES,
     assert_same_losses,
@@ -9,10 +10,10 @@ from tests.train.helpers import (
     files_list,
     load_weights,
     losses_by_step,
-    read_jsonl,
     read_metrics,
-    write_jsonl,
 )
+
+pytestmark = pytest.mark.slow
 
 
 def test_pt_packs_every_token_of_the_documents_into_full_rows(train, tokenizer, tmp_path):

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from belle.cli import UsageError
-from belle.modeling import build_tiny_model, load_tokenizer, tiny_corpus_lines
+from belle.modeling import load_tokenizer
+from belle.models.tiny import build_tiny_model, tiny_corpus_lines
 from belle.vocab.extend import chars_per_token, extend, extend_tokenizer, resize_embeddings
+from tests.helpers import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 HELDOUT_ZH = REPO / "data/samples/heldout_zh.txt"
@@ -63,9 +63,7 @@ def cli_out(base_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Pa
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "belle.vocab", "extend", *map(str, args)]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_module("belle.vocab", "extend", *args, timeout=300)
 
 
 def test_existing_ids_and_special_tokens_are_unchanged(extended):
@@ -127,7 +125,7 @@ def test_merges_as_strings_and_added_tokens_above_the_model_vocab():
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from belle.modeling import train_bpe_tokenizer
+    from belle.models.tiny import train_bpe_tokenizer
 
     spec = json.loads(train_bpe_tokenizer([ENGLISH] * 3, 300, []).to_str())
     size = len(spec["model"]["vocab"])
@@ -213,6 +211,7 @@ def test_bad_paths_are_usage_errors(base_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(cli_out, base_dir):
     result, out = cli_out
     assert result.returncode == 0, result.stderr
@@ -232,6 +231,7 @@ def test_cli_end_to_end(cli_out, base_dir):
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_and_generates(cli_out):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -248,9 +248,9 @@ def test_saved_folder_loads_and_generates(cli_out):
     assert output.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
-def test_cli_missing_corpus_file(base_dir, tmp_path):
+def test_cli_missing_corpus_file(base_dir, tmp_path, belle_main):
     missing = tmp_path / "missing_corpus.txt"
-    result = run_cli("--base", base_dir, "--corpus", missing, "--vocab-size", "900", "--out", tmp_path / "out")
+    result = belle_main("vocab", "extend", "--base", base_dir, "--corpus", missing, "--vocab-size", "900", "--out", tmp_path / "out")
     assert result.returncode == 2
     assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, TextIO
 
-from belle.conversation import DataError, not_utf8
+from belle.records.errors import DataError, not_utf8
 
 logger = logging.getLogger(__name__)
 
