@@ -1,6 +1,6 @@
 """On a GPU: packed logits equal per-sample logits in bf16, per family and attention kernel.
 
-The CPU test (`tests/train/test_packing_families.py`) proves the architecture table in fp32 with
+The CPU test (`tests/train/test_packing.py`) proves the architecture table in fp32 with
 sdpa/eager. This script repeats the check where training really runs: tiny random models of every
 family in `belle.architectures.FAMILIES`, in bfloat16 on CUDA, with `sdpa`, `eager`, and
 `flash_attention_2` / `flex_attention` where they are installed. Samples of 70, 50 and 20 tokens go
