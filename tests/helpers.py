@@ -106,3 +106,16 @@ def count_text_read(monkeypatch: Any, path: Path) -> Callable[[], int]:
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(io, "open", counting_open)
     return lambda: counter[0]
+
+
+class FakeStream:
+    """A generation stream of `text`, one character per delta, that records `cancel()`."""
+
+    def __init__(self, text: str) -> None:
+        self.deltas, self.cancelled = list(text), False
+
+    def __iter__(self) -> Any:
+        yield from self.deltas
+
+    def cancel(self) -> None:
+        self.cancelled = True

@@ -8,20 +8,10 @@ from belle.chat.backends import BackendError, LocalBackend, RemoteBackend, Reply
 from belle.generation import Completion, GenerationParams, PromptTooLong
 from belle.llm import LLMFatalError, LLMOptions
 from belle.testing.openai_stub import Fault, serve_stub
+from tests.helpers import FakeStream
 
 PARAMS = GenerationParams(temperature=0.5, top_p=0.9, top_k=20, repetition_penalty=1.1, max_new_tokens=16, stop=("。",))
 TOO_LONG = "太长" * 50
-
-
-class FakeStream:
-    def __init__(self, text):
-        self.deltas, self.cancelled = list(text), False
-
-    def __iter__(self):
-        yield from self.deltas
-
-    def cancel(self):
-        self.cancelled = True
 
 
 class FakeEngine:

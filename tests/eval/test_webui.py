@@ -27,6 +27,7 @@ from belle.llm import LLMError, LLMOptions
 from belle.records import DataError
 from belle.testing.openai_stub import Fault, serve_stub
 from tests.chat.conftest import start_cli
+from tests.helpers import FakeStream
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 KEY = "sk-test-Zq8vK3mW9xR2"  # typed into the page's key field
@@ -191,17 +192,6 @@ def test_score_file_rejects_bad_files_and_settings(items, prompts, stub, tmp_pat
     with pytest.raises(UsageError, match="samples must be between 1 and 10"):
         score_file(answers, prompts, options, tmp_path / "work", samples=0)
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
-
-
-class FakeStream:
-    def __init__(self, text):
-        self.deltas, self.cancelled = list(text), False
-
-    def __iter__(self):
-        yield from self.deltas
-
-    def cancel(self):
-        self.cancelled = True
 
 
 class FakeEngine:
