@@ -297,7 +297,9 @@ def score_upload(page, path: Path, samples: int = 1, key: str = "") -> None:
     page.get_by_role("tab", name="Answers file").click()
     shown = page.locator("#answers-file", has_text=path.name)
     for attempt in range(3):  # a file set before the tab's component listens for it is dropped (seen under load)
-        page.locator("#answers-file input[type=file]").set_input_files(str(path))
+        file_input = page.locator("#answers-file input[type=file]")
+        if attempt == 0 or file_input.count():  # gone once the component holds the file, which it may show late
+            file_input.set_input_files(str(path))
         try:
             shown.wait_for(timeout=20_000)
             break
