@@ -75,13 +75,18 @@ def test_faults_are_retried_and_counted(tmp_path):
     assert "5 retries (429: 1, 500: 1, malformed: 2, timeout: 1)" in usage.summary()
 
 
-def test_retry_after_is_obeyed(tmp_path):
+def test_retry_after_is_obeyed(tmp_path, monkeypatch):
+    waits, real_sleep = [], asyncio.sleep
+
+    def recorded_sleep(delay, *args, **kwargs):
+        waits.append(delay)
+        return real_sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr("belle.llm.asyncio.sleep", recorded_sleep)
     with serve_stub("好的", faults=[Fault(429, retry_after=0.4)]) as stub:
-        start = time.monotonic()
         (reply,), usage = ask_all(make_options(stub, tmp_path), ["你好"])
-        elapsed = time.monotonic() - start
     assert reply.text == "好的" and usage.retries == 1
-    assert elapsed >= 0.4  # the backoff alone would wait at most 0.05 s
+    assert waits == [0.4]  # the server's Retry-After, where the backoff alone would wait at most 0.05 s
 
 
 def test_gives_up_after_max_retries_and_caches_nothing(tmp_path):
