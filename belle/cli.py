@@ -28,6 +28,7 @@ import argparse
 import ast
 import dataclasses
 import errno
+import functools
 import importlib
 import inspect
 import logging
@@ -256,6 +257,7 @@ def _arg_docs(doc: str) -> dict[str, str]:
     return docs
 
 
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """A dataclass's field name -> the docstring written under the field (its own and its bases')."""
     docs: dict[str, str] = {}

@@ -647,9 +647,10 @@ async def fan_out(requests: Iterable[T], ask: Callable[[T], Awaitable[R]],
             are cancelled (any reply that did come is in the client's cache).
         progress: called after each `settle` (e.g. a tqdm bar's `update`).
 
-    An `LLMFatalError`, or any other exception from `ask` or `settle`, cancels every unit still in
-    flight and propagates, after the units that finished at the same moment are settled. Leftover
-    tasks are always cancelled and awaited before this returns or raises.
+    An `LLMFatalError`, or any other exception from `ask`, cancels every unit still in flight and
+    propagates, after the other units that finished at the same moment are settled; an exception
+    from `settle` does the same at once. Leftover tasks are always cancelled and awaited before
+    this returns or raises.
     """
     pending = iter(requests)
     in_flight: dict[asyncio.Future[R], T] = {}

@@ -157,7 +157,8 @@ class RemoteBackend:
         self._http_error = http_module().HTTPError
         self._openai_api = not options.base_url  # OpenAI's own API refuses parameters it does not know
         self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, daemon=True, name="belle-remote-backend").start()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="belle-remote-backend")
+        self._thread.start()
         self._clients: dict[str, LLMClient] = {}
         if names is not None:
             self.names = list(names)
@@ -234,9 +235,12 @@ class RemoteBackend:
             for client in self._clients.values():
                 await client.aclose()
 
-        if self._loop.is_running():
-            self._run(close_all())
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._loop.is_closed():
+            return
+        self._run(close_all())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
     def _deltas(self, lines: Iterable[str]) -> Iterator[str]:
         """The text deltas of a chat completion stream; ReplyCut unless it ends with `[DONE]`."""

@@ -48,20 +48,24 @@ def chat(
             raise UsageError(f"{e} (check --api-base and --api-key-env)") from None
         unknown = [name for name in model or [] if name not in remote.names]
         if not remote.names or unknown:
+            remote.close()
             raise UsageError(f"{remote.shown_url} serves {', '.join(remote.names) or 'no models'}"
                              + (f", not {', '.join(unknown)}" if unknown else ""))
         remote.names = model or remote.names
         backend: ChatBackend = remote
     else:
         backend = LocalBackend(load_engines(model or [], **asdict(engine), **asdict(load)))
-    if cli:
-        from belle.chat.terminal import run_terminal_chat
+    try:
+        if cli:
+            from belle.chat.terminal import run_terminal_chat
 
-        run_terminal_chat(backend, backend.names[0], params, system)
-        return 0
-    from belle.chat.web import launch
+            run_terminal_chat(backend, backend.names[0], params, system)
+        else:
+            from belle.chat.web import launch
 
-    launch(backend, params, system=system, host=host, port=port, share=share)
+            launch(backend, params, system=system, host=host, port=port, share=share)
+    finally:
+        backend.close()
     return 0
 
 

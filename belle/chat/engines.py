@@ -9,11 +9,11 @@ from belle.generation import Engine, load_engine
 
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:
-    """`NAME=DIR` or `DIR` (named after the folder) -> (name, folder)."""
-    name, sep, folder = spec.partition("=")
-    if not sep:
-        folder = name
-        name = Path(folder).resolve().name
+    """`NAME=DIR` or `DIR` (named after the folder) -> (name, folder). A spec that is an existing
+    folder is that folder, `=` in its path or not (`runs/lr=1e-4/final`)."""
+    if spec and ("=" not in spec or Path(spec).is_dir()):
+        return Path(spec).resolve().name, Path(spec)
+    name, _, folder = spec.partition("=")
     if not name or not folder:
         raise UsageError(f"--model {spec!r}: expected DIR or NAME=DIR")
     return name, Path(folder)

@@ -21,12 +21,13 @@ from typing import Any, Callable, Iterator, Sequence
 from belle.chat.backends import ChatBackend, LocalBackend, RemoteBackend
 from belle.cli import UsageError
 from belle.eval.evalset import EvalItem, read_eval_records
-from belle.generation import Engine, GenerationParams
+from belle.generation import Engine, GenerationParams, SamplingOptions
 from belle.llm import LLMOptions
 from belle.records import jsonl
 
 # The decoding of BELLE's own eval inference: all but greedy, with its repetition penalty.
 EVAL_DECODING = GenerationParams(temperature=0.001, top_p=0.85, top_k=30, repetition_penalty=1.2, max_new_tokens=1024)
+EVAL_SAMPLING = SamplingOptions.of(EVAL_DECODING)  # the same, as the eval verbs' flag defaults
 REMOTE_BATCHES = 4  # a remote batch is this many times the endpoint's concurrency
 
 

@@ -11,7 +11,7 @@ from typing import ClassVar, Sequence
 from tqdm import tqdm
 
 from belle.cli import UsageError, run_verbs
-from belle.eval.answers import EVAL_DECODING, AnswerRun, answer_locally, answer_remotely, pending_items, read_answers
+from belle.eval.answers import EVAL_SAMPLING, AnswerRun, answer_locally, answer_remotely, pending_items, read_answers
 from belle.eval.evalset import EvalItem, default_eval_set_path, read_eval_set
 from belle.eval.judging import default_judge_prompts_path, read_judge_prompts
 from belle.eval.pairwise import pairwise
@@ -55,10 +55,6 @@ class AnswerOptions:
         if self.batch_size < 1:
             found.append(f"--batch-size must be at least 1, not {self.batch_size}")
         return found
-
-
-# BELLE's eval decoding: temperature 0.001 (all but greedy).
-EVAL_SAMPLING = SamplingOptions.of(EVAL_DECODING)
 
 
 def generate(*, options: AnswerOptions, output: Path, eval_set: Path | None = None, limit: int | None = None,
@@ -211,7 +207,7 @@ def _answer(options: AnswerOptions, sampling: SamplingOptions, engine: EngineOpt
                 answered = answer_remotely(llm, pending, output, params, name=options.name, system=options.system,
                                            on_item=bar.update)
             except LLMFatalError as e:
-                raise UsageError(f"{e}; the answers so far are in {output}, a re-run resumes there") from None
+                raise UsageError(resume_message(e, "the answers so far", output)) from None
         else:
             from belle.chat.engines import load_engines
 

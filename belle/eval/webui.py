@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from belle.cli import UsageError
-from belle.eval.answers import EVAL_DECODING, read_answers, stream_answer
+from belle.eval.answers import EVAL_DECODING, EVAL_SAMPLING, read_answers, stream_answer
 from belle.eval.evalset import EvalItem, default_eval_set_path, read_eval_set
 from belle.eval.judging import default_judge_prompts_path, missing_prompts, read_judge_prompts
 from belle.eval.report import JUDGMENTS, build_report, class_order, report_markdown, write_report
@@ -450,7 +450,7 @@ def webui(
     eval_set: Path | None = None,
     prompts: Path | None = None,
     model: Path | None = None,
-    sampling: SamplingOptions = SamplingOptions.of(EVAL_DECODING),
+    sampling: SamplingOptions = EVAL_SAMPLING,
     engine: EngineOptions = EngineOptions(),
     load: LoadOptions = LoadOptions(),
     workdir: Path | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 
 from belle.cli import UsageError
 from belle.conversation import read_conversations
-from belle.records import DATA_SUFFIXES, DataError, RejectReport, is_saved_dataset
+from belle.records import DATA_SUFFIXES, RejectReport, is_saved_dataset
 from belle.templates import Template
 from belle.tokenization import encode_batch
 
@@ -123,10 +123,7 @@ def _conversation_ids(path: Path, tokenizer: Any, template: Template | None) -> 
     if template is None:
         raise UsageError(f"{path}: conversation files need the model's template; name one with --template")
     report = RejectReport(keep_lines=False)
-    try:
-        conversations = list(read_conversations(path, report=report))
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    conversations = list(read_conversations(path, report=report))
     if report.total:
         logger.warning("%s: %s", path, report.summary())
     encoded = encode_batch([c.messages for c in conversations], tokenizer, template)

@@ -65,3 +65,10 @@ def test_every_model_loads_in_order_under_its_name_with_the_options(monkeypatch)
     assert [(str(folder), kwargs["name"]) for folder, kwargs in calls] == [("/m/two", "b"), ("/m/one", "one")]
     assert calls[0][1] == {"base": Path("/base"), "template": "belle", "name": "b", "dtype": "bf16", "device": None,
                            "context_length": 64, "trust_remote_code": False}
+
+
+def test_an_existing_folder_with_an_equals_sign_is_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "lr=1e-4" / "final").mkdir(parents=True)
+    assert parse_model_spec("runs/lr=1e-4/final") == ("final", Path("runs/lr=1e-4/final"))
+    assert parse_model_spec("best=runs/lr=1e-4/final") == ("best", Path("runs/lr=1e-4/final"))
