@@ -502,11 +502,7 @@ class LLMClient:
                         await response.aclose()
                     self.usage.requests += 1
                     return
-            delay = self._random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-            if fault.retry_after is not None:
-                delay = min(fault.retry_after, RETRY_AFTER_CAP)
-            self.usage.retries += 1
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._retry_delay(attempt, fault))
 
     async def _request(self, api: str, payload: dict[str, Any], params: dict[str, Any], variant: int) -> Reply:
         if "stream" in params or "n" in params:
@@ -546,13 +542,17 @@ class LLMClient:
                 raise LLMFatalError(message, fault.kind, fault.status)
             if not fault.retry or attempt == attempts - 1:
                 raise LLMError(message + (f" (after {attempts} attempts)" if fault.retry else ""), fault.kind, fault.status)
-            delay = self._random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-            if fault.retry_after is not None:
-                delay = min(fault.retry_after, RETRY_AFTER_CAP)
-            self.usage.retries += 1
+            delay = self._retry_delay(attempt, fault)
             logger.info("%s; retry %d of %d in %.1f s", message, attempt + 1, attempts - 1, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _retry_delay(self, attempt: int, fault: _Fault) -> float:
+        """Seconds to wait before retrying after failed attempt `attempt` (0-based), counted as a
+        retry: the server's Retry-After (capped), else uniform(0, min(cap, base * 2**attempt))."""
+        delay = self._random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+        self.usage.retries += 1
+        return delay if fault.retry_after is None else min(fault.retry_after, RETRY_AFTER_CAP)
 
     def _scrub(self, text: str) -> str:
         """`text` without the key or the secrets of the base URL, should a server have echoed them
