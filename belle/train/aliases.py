@@ -70,6 +70,7 @@ ALIASES: dict[str, Alias] = {
     "micro_batch_size": Alias("training.batch_size"),  # axolotl
     "gradient_accumulation_steps": Alias("training.gradient_accumulation_steps"),
     "learning_rate": Alias("training.learning_rate"),
+    "lr": Alias("training.learning_rate"),  # torchtune, litgpt (optimizer.lr, train.lr)
     "lr_scheduler_type": Alias("training.lr_scheduler"),
     "lr_scheduler": Alias("training.lr_scheduler"),  # axolotl
     "warmup_ratio": Alias("training.warmup_ratio"),

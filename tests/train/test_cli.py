@@ -220,7 +220,7 @@ def test_an_alias_and_its_belle_key_in_one_file_is_refused(tmp_path, capsys):
 
 
 def test_unknown_keys_name_the_nearest_key_one_line_each(tmp_path, capsys):
-    argv = ["--lora_rnk", "8", "num_train_epoch=2", "training.learning_rat=1e-4", "--qqqqqqqq", "1"]
+    argv = ["--lora_rnk", "8", "num_train_epoch=2", "training.learning_rat=1e-4", "optim.lr=1e-4", "--qqqqqqqq", "1"]
     status = main(argv, prog="belle train")
     err = capsys.readouterr().err
     assert status == 2 and err.count("error:") == 1 and "Traceback" not in err
@@ -228,6 +228,7 @@ def test_unknown_keys_name_the_nearest_key_one_line_each(tmp_path, capsys):
     for line in ("  - unknown key 'lora_rnk'; did you mean 'lora.r'?",
                  "  - unknown key 'num_train_epoch'; did you mean 'training.epochs'?",
                  "  - unknown key 'training.learning_rat'; did you mean 'training.learning_rate'?",
+                 "  - unknown key 'optim.lr'; did you mean 'training.learning_rate'?",  # torchtune's name
                  "  - unknown key 'qqqqqqqq'; no valid key is close to it (--help lists them)"):
         assert line in lines, err
     assert "lora.modules_to_save" not in err  # no list of every key: that is --help's
