@@ -289,7 +289,9 @@ def score_answer(page, answer: str, key: str = "") -> str:
     page.locator("#judge-key input").fill(key)
     page.locator("#score").click()
     verdict = page.locator("#verdict .md")  # the markdown alone, without the queue's status line
-    verdict.locator("h3").wait_for()
+    # An earlier verdict stays in the page while this one is pending, hidden (its text reads ""): wait
+    # for a heading that shows.
+    page.wait_for_function("() => document.querySelector('#verdict .md h3')?.innerText.trim().length > 0")
     return verdict.inner_text()
 
 
