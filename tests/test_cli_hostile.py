@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from belle.cli import _call, main
+from belle.cli import _call
 from belle.records import DataError
 
 LLM = ["--model", "m", "--base-url", "http://127.0.0.1:9/v1"]  # a closed port: no case gets as far as a request
@@ -150,30 +150,21 @@ def paths(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
     return {"tmp": str(tmp_path), "model": str(tiny_model_dir), **{k: str(tmp_path / v) for k, v in names.items()}}
 
 
-def run_main(argv: list[str]) -> int:
-    """`belle ARGV` in-process; argparse's own usage errors raise SystemExit(2)."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
-
-
 @pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(argv[:2]) + f" #{i}" for i, (argv, _) in enumerate(CASES)])
-def test_hostile_input_exits_2_with_one_message(argv, message, paths, capsys):
-    argv = [arg.format(**paths) for arg in argv]
-    code = run_main(argv)
-    err = capsys.readouterr().err
+def test_hostile_input_exits_2_with_one_message(argv, message, paths, belle_main):
+    result = belle_main(*(arg.format(**paths) for arg in argv))
+    code, err = result.returncode, result.stderr
     assert code == 2, err[-2000:]
     assert "Traceback" not in err
     assert message.format(**paths) in err, err[-2000:]
     assert err.count("error:") == 1, err[-2000:]
 
 
-def test_a_file_the_job_did_not_write_is_never_cut(paths, capsys):
+def test_a_file_the_job_did_not_write_is_never_cut(paths, belle_main):
     """An --output that is not a JSON-lines file of this job is refused whole, not truncated as a
     torn line; a hand-written one without a final newline keeps its last record."""
     notes = Path(paths["notes"])
-    assert run_main(["data", "generate", *LLM, "--output", str(notes), "--num", "5"]) == 2
+    assert belle_main("data", "generate", *LLM, "--output", notes, "--num", "5").returncode == 2
     assert notes.read_text() == "my notes, no final newline"
     from belle.records import resume_records
 
@@ -187,10 +178,10 @@ def test_a_file_the_job_did_not_write_is_never_cut(paths, capsys):
     assert torn.read_text() == '{"id": "a"}\n'
 
 
-def test_nothing_is_left_behind_by_a_refused_output(paths, capsys):
+def test_nothing_is_left_behind_by_a_refused_output(paths, belle_main):
     """A refused output leaves the folder as it was: no temporary file beside it."""
     before = sorted(os.listdir(paths["tmp"]))
-    assert run_main(["data", "convert", "--input", paths["good"], "--output", paths["dir"]]) == 2
+    assert belle_main("data", "convert", "--input", paths["good"], "--output", paths["dir"]).returncode == 2
     assert sorted(os.listdir(paths["tmp"])) == before
 
 
