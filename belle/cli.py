@@ -53,6 +53,7 @@ JOBS = {
     "vocab": "belle.vocab.cli",
     "eval": "belle.eval.cli",
     "gptq": "belle.gptq.cli",
+    "generate": "belle.generate.cli",
 }
 
 

@@ -10,14 +10,15 @@ stopping criterion checks after every token, so generation really ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
+from typing import Any, AsyncIterator, Callable, ClassVar, Iterator, Literal, Sequence
 
-from belle.modeling import load_model, load_tokenizer, read_checkpoint_info, resolve_template, split_adapter
+from belle.modeling import load_model, load_tokenizer, read_checkpoint_info, reply_end_ids, resolve_template, split_adapter
 from belle.streaming import IncrementalDecoder, StopMatcher, cut_at_stop
 from belle.templates import Template
 from belle.tokenization import encode_prompt
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 FinishReason = Literal["stop", "length", "cancelled"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class GenerationParams:
         max_new_tokens: the most tokens to generate.
         min_new_tokens: generate at least this many tokens, EOS or not (benchmarks use it).
         stop: strings that end the reply; the reply excludes them.
+        seed: same seed, same reply: sampling draws from a generator of its own (exact, thread-safe).
+        logprobs: None: none; 0: each generated token's log-probability; k in 1..MAX_TOP_LOGPROBS:
+            also the k most likely tokens at each step.
     """
 
     temperature: float = 0.1
@@ -50,6 +55,8 @@ class GenerationParams:
     max_new_tokens: int = 512
     min_new_tokens: int = 0
     stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         problems = _decoding_problems(self)
@@ -88,6 +95,11 @@ def _decoding_problems(params: GenerationParams | SamplingOptions) -> list[str]:
         problems.append(f"min_new_tokens must be between 0 and max_new_tokens, not {min_new_tokens}")
     if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
         problems.append(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings")
+    seed, logprobs = getattr(params, "seed", None), getattr(params, "logprobs", None)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        problems.append(f"seed must be an integer, not {seed!r}")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
+        problems.append(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {logprobs!r}")
     return problems
 
 
@@ -160,6 +172,12 @@ class EngineOptions:
     """Base model folder for a LoRA adapter whose recorded base path is elsewhere."""
     context_length: int | None = None
     """Tokens of prompt plus reply; default: the model's max_position_embeddings."""
+    batching: bool = True
+    """Decode concurrent requests together (transformers' continuous batching), where the model supports it."""
+    max_running: int = 16
+    """With batching: the most requests decoding together; more wait for a slot."""
+    kv_cache_tokens: int | None = None
+    """With batching: KV-cache size in tokens, all running requests together (greedy ones; sampled ones get as much again); default: max_running x min(context, 2048)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +199,27 @@ class PromptTooLong(ValueError):
         self.prompt_tokens = prompt_tokens
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability (natural log) under the model's raw distribution, before
+    temperature, top-k/p and penalties; `top` holds the k most likely (id, text, logprob), most
+    likely first. `token` is `tokenizer.decode([token_id])`."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of a streamed reply: whole characters with stop strings held back (may be ""), and
+    the generated tokens it came from (empty unless `GenerationParams.logprobs` is set)."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
 class _CancelCriterion:
     """A stopping criterion that ends every sequence once `event` is set."""
 
@@ -193,16 +232,139 @@ class _CancelCriterion:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _LogprobRecorder:
+    """A logits processor that keeps `log_softmax` of the scores it is handed, (batch, vocab) float32,
+    and passes them on unchanged. Placed first, it sees the model's raw distribution."""
+
+    def __init__(self) -> None:
+        self.last: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+
+class _GumbelNoise:
+    """A logits processor that adds Gumbel noise drawn from generators of its own, one per row, each
+    seeded with `seed`: argmax(logits/T + Gumbel) is an exact sample of softmax(logits/T) over the
+    tokens that top-k/p kept, and greedy decoding on these scores samples without touching torch's
+    global random state (which concurrent streams share)."""
+
+    def __init__(self, seed: int, rows: int, device: Any):
+        import torch
+
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(rows)]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        vocab = scores.shape[-1]
+        exponential = torch.stack(
+            [torch.empty(vocab, device=scores.device, dtype=torch.float32).exponential_(generator=g) for g in self.generators]
+        )
+        return scores.float() - torch.log(exponential)
+
+
+def _decoding(params: GenerationParams, rows: int, device: Any) -> tuple[dict[str, Any], list[Any], _LogprobRecorder | None]:
+    """`model.generate` keyword arguments, the logits processors to pass it, and the logprob recorder
+    among them (None unless `params.logprobs` is set).
+
+    With logprobs or a seed, the repetition penalty moves from generate's own processors (which run
+    before custom ones) to ours, after the recorder; with a seed and sampling, generate decodes
+    greedily over our temperature, top-k, top-p and Gumbel-noise processors.
+    """
+    from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    kwargs = params.generate_kwargs()
+    seeded = params.seed is not None and params.temperature > 0
+    if params.logprobs is None and not seeded:
+        return kwargs, [], None
+    recorder = _LogprobRecorder() if params.logprobs is not None else None
+    processors: list[Any] = [recorder] if recorder else []
+    if params.repetition_penalty != 1:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        kwargs["repetition_penalty"] = 1.0
+    if seeded:
+        for key in ("temperature", "top_p", "top_k"):
+            kwargs.pop(key, None)
+        kwargs["do_sample"] = False
+        if params.temperature != 1:
+            processors.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k:
+            processors.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1:
+            processors.append(TopPLogitsWarper(params.top_p))
+        processors.append(_GumbelNoise(params.seed, rows, device))
+    return kwargs, processors, recorder
+
+
+def _token_logprob(tokenizer: Any, token_id: int, row: Any, top: int) -> TokenLogprob:
+    """`token_id`'s entry in `row` (log-probabilities, shape (vocab,)), with the `top` most likely."""
+    best: tuple[tuple[int, str, float], ...] = ()
+    if top:
+        values, ids = row.topk(top)
+        best = tuple((i, tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token_id, tokenizer.decode([token_id]), float(row[token_id]), best)
+
+
 _END = object()
 
 
-class TextStream:
-    """Text deltas of one reply, generated in a worker thread while the caller iterates.
+class _Assembler:
+    """Turns one reply's queued tokens into `Piece`s: whole characters, stop strings held back,
+    each piece with the logprobs of the tokens it came from; keeps the stream's counts and finish reason."""
 
-    Iterating yields strings that are whole characters with stop strings held back; afterwards
-    `finish_reason` and `completion_tokens` are set. `cancel()` (from any thread) ends generation
-    after the current token; leaving the iteration early (`break`, `close()`, an exception)
-    cancels too. `on_finish`, if given, is called in the worker thread once generation has ended.
+    def __init__(self, stream: TextStream):
+        self.stream = stream
+        self.decoder = IncrementalDecoder(stream._engine.tokenizer)
+        self.stops = StopMatcher(stream._params.stop)
+        self.pending: list[TokenLogprob] = []
+
+    def add(self, item: Any) -> tuple[Piece | None, bool]:
+        """One queued item (a `(token_id, logprob)` pair, or an error, which is raised) -> (the
+        piece to hand on, if any; whether a stop string ended the reply)."""
+        if isinstance(item, BaseException):
+            raise item
+        stream = self.stream
+        token_id, logprob = item
+        stream.completion_tokens += 1
+        if logprob is not None:  # EOS too: OpenAI's and vLLM's logprobs list the end token
+            self.pending.append(logprob)
+        if token_id in stream._engine.eos_token_ids:
+            stream.finish_reason = "stop"
+            return None, False
+        text, stopped = self.stops.push(self.decoder.push(token_id))
+        piece = None
+        if text or (stopped and self.pending):
+            piece, self.pending = Piece(text, tuple(self.pending)), []
+        if stopped:
+            stream.finish_reason = "stop"
+        return piece, stopped
+
+    def end(self) -> Piece | None:
+        """After the last token: the text held back, and the finish reason if none is set yet."""
+        stream = self.stream
+        text, stopped = self.stops.push(self.decoder.flush())
+        if not stopped:
+            text += self.stops.flush()
+        if stream.finish_reason is None:
+            stream.finish_reason = "stop" if stopped else "cancelled" if stream._cancelled.is_set() else "length"
+        return Piece(text, tuple(self.pending)) if text or self.pending else None
+
+
+class TextStream:
+    """Text deltas of one reply, generated in the background while the caller iterates.
+
+    Iterating yields strings that are whole characters with stop strings held back (`pieces()`
+    yields the same stream with each piece's token log-probabilities); afterwards `finish_reason`
+    and `completion_tokens` are set. `cancel()` (from any thread) ends generation after the
+    current token; leaving the iteration early (`break`, `close()`, an exception) cancels too.
+    `on_finish`, if given, is called once generation has ended (in the thread that generated).
+
+    Tokens come either from a worker thread running `model.generate` (this class is its
+    streamer), or from the engine's batcher, which calls `_push` and `_finish`.
     """
 
     def __init__(self, engine: Engine, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None):
@@ -213,80 +375,141 @@ class TextStream:
         self._params = params
         self._tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cancelled = threading.Event()
+        self._done = threading.Event()
         self._prompt_seen = False
         self._on_finish = on_finish
-        self._thread = threading.Thread(target=self._generate, args=(prompt_ids,), daemon=True, name="belle-generate")
-        self._thread.start()
+        self._on_cancel: Callable[[], None] | None = None
+        self._wakeup: Callable[[], None] | None = None
+        self._recorder: _LogprobRecorder | None = None
+
+    def _start_thread(self, prompt_ids: list[int]) -> None:
+        threading.Thread(target=self._generate, args=(prompt_ids,), daemon=True, name="belle-generate").start()
 
     def cancel(self) -> None:
         self._cancelled.set()
+        if self._on_cancel is not None:
+            self._on_cancel()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the worker thread; True once generation has ended."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for generation to end; True once it has."""
+        return self._done.wait(timeout)
 
     def _generate(self, prompt_ids: list[int]) -> None:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         engine = self._engine
         try:
+            kwargs, processors, self._recorder = _decoding(self._params, 1, engine.model.device)
             with torch.inference_mode():
                 engine.model.generate(
                     input_ids=torch.tensor([prompt_ids], device=engine.model.device),
                     attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=engine.model.device),
                     streamer=self,
                     stopping_criteria=StoppingCriteriaList([_CancelCriterion(self._cancelled)]),
+                    logits_processor=LogitsProcessorList(processors),
                     eos_token_id=list(engine.eos_token_ids),
                     pad_token_id=engine.tokenizer.pad_token_id,
-                    **self._params.generate_kwargs(),
+                    **kwargs,
                 )
         except BaseException as error:  # handed to the caller, which raises it
             self._tokens.put(error)
         finally:
-            self._tokens.put(_END)
-            if self._on_finish is not None:
-                self._on_finish()
+            self._finish()
+
+    def _push(self, token_id: int, logprob: TokenLogprob | None = None) -> None:
+        self._tokens.put((token_id, logprob))
+        self._wake()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self._tokens.put(error)
+        self._tokens.put(_END)
+        self._wake()
+        self._done.set()
+        if self._on_finish is not None:
+            self._on_finish()
+
+    def _wake(self) -> None:
+        """Tell an `apieces()` consumer that a token is queued; its loop gone, the stream is cancelled."""
+        wakeup = self._wakeup
+        if wakeup is not None:
+            try:
+                wakeup()
+            except RuntimeError:  # the event loop has closed: nobody reads this stream any more
+                self.cancel()
 
     def put(self, value: Any) -> None:
         """Streamer protocol: `generate` passes the prompt first, then each new token, shape (1,)."""
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        self._tokens.put(int(value.reshape(-1)[0]))
+        token_id = int(value.reshape(-1)[0])
+        logprob = None
+        if self._recorder is not None and self._params.logprobs is not None:
+            logprob = _token_logprob(self._engine.tokenizer, token_id, self._recorder.last[0], self._params.logprobs)
+        self._push(token_id, logprob)
 
     def end(self) -> None:
         pass
 
-    def __iter__(self) -> Iterator[str]:
-        decoder = IncrementalDecoder(self._engine.tokenizer)
-        stops = StopMatcher(self._params.stop)
+    def pieces(self) -> Iterator[Piece]:
+        """The reply as `Piece`s: the same text as iterating, with each piece's token logprobs."""
+        assembler = _Assembler(self)
         try:
             while (item := self._tokens.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                self.completion_tokens += 1
-                if item in self._engine.eos_token_ids:
-                    self.finish_reason = "stop"
-                    continue
-                text, stopped = stops.push(decoder.push(item))
-                if text:
-                    yield text
+                piece, stopped = assembler.add(item)
+                if piece is not None:
+                    yield piece
                 if stopped:
-                    self.finish_reason = "stop"
                     return
-            text, stopped = stops.push(decoder.flush())
-            if not stopped:
-                text += stops.flush()
-            if text:
-                yield text
-            if self.finish_reason is None:
-                self.finish_reason = "stop" if stopped else "cancelled" if self._cancelled.is_set() else "length"
+            if (piece := assembler.end()) is not None:
+                yield piece
         finally:
-            if self.finish_reason is None:
-                self.finish_reason = "cancelled"
-            self.cancel()
+            self._settle()
+
+    async def apieces(self) -> AsyncIterator[Piece]:
+        """`pieces()` for an event loop: it waits for tokens on the loop, with no thread of its own,
+        so a token reaches the caller with one hop from the thread that decoded it."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        self._wakeup = lambda: loop.call_soon_threadsafe(ready.set)
+        assembler = _Assembler(self)
+        try:
+            while True:
+                try:
+                    item = self._tokens.get_nowait()
+                except queue.Empty:
+                    ready.clear()
+                    if self._tokens.empty():  # a token queued meanwhile has set `ready` again
+                        await ready.wait()
+                    continue
+                if item is _END:
+                    break
+                piece, stopped = assembler.add(item)
+                if piece is not None:
+                    yield piece
+                if stopped:
+                    return
+            if (piece := assembler.end()) is not None:
+                yield piece
+        finally:
+            self._wakeup = None
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = "cancelled"
+        self.cancel()
+
+    def __iter__(self) -> Iterator[str]:
+        pieces = self.pieces()
+        try:
+            for piece in pieces:
+                if piece.text:
+                    yield piece.text
+        finally:
+            pieces.close()
 
     def text(self) -> str:
         """Iterate to the end and return the whole reply."""
@@ -312,6 +535,32 @@ class Engine:
     name: str
     context_length: int
     eos_token_ids: frozenset[int] = frozenset()
+    batcher: Any = None
+    """The continuous-batching decoder (`belle.batching.Batcher`) when concurrent streams decode together."""
+
+    @property
+    def batching(self) -> bool:
+        """True when concurrent streams decode together (transformers' continuous batching)."""
+        return self.batcher is not None
+
+    @property
+    def default_params(self) -> GenerationParams:
+        """What `model.generate()` does with no arguments, from the model's generation_config: greedy
+        unless it samples; its temperature, top_p, top_k, repetition_penalty; 512 new tokens."""
+        config = self.model.generation_config
+        sample = bool(config.do_sample)
+        return GenerationParams(
+            temperature=float(config.temperature if config.temperature is not None else 1.0) if sample else 0.0,
+            top_p=float(config.top_p or 1.0),
+            top_k=int(config.top_k or 0),
+            repetition_penalty=float(config.repetition_penalty or 1.0),
+            max_new_tokens=512,
+        )
+
+    def close(self) -> None:
+        """Stop the batcher, if any; streams still running end as cancelled."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Prompt ids of a history that ends in a user turn."""
@@ -349,7 +598,12 @@ class Engine:
     def stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None) -> TextStream:
         """Start generating a reply to `prompt_ids`; iterate the result for text deltas."""
         self.check_fits(prompt_ids, params)
-        return TextStream(self, prompt_ids, params, on_finish)
+        stream = TextStream(self, prompt_ids, params, on_finish)
+        if self.batcher is not None and self.batcher.accepts(params, len(prompt_ids)):
+            stream._on_cancel = self.batcher.submit(prompt_ids, params, stream._push, stream._finish)
+        else:
+            stream._start_thread(prompt_ids)
+        return stream
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> TextStream:
         """Stream a reply to a history, leaving out the oldest exchanges if it is too long."""
@@ -359,8 +613,14 @@ class Engine:
         return self.stream(ids, params)
 
     def generate_batch(self, prompts: Sequence[list[int]], params: GenerationParams) -> list[Completion]:
-        """Replies to several prompts in one left-padded batch, cut at EOS and at stop strings."""
+        """Replies to several prompts, cut at EOS and at stop strings: through the batcher when it
+        takes `params`, else in one left-padded batch. With a seed each row samples as it would alone."""
         import torch
+        from transformers import LogitsProcessorList
+
+        if self.batcher is not None and all(self.batcher.accepts(params, len(ids)) for ids in prompts):
+            streams = [self.stream(ids, params) for ids in prompts]
+            return [Completion(s.text(), s.finish_reason or "length", s.prompt_tokens, s.completion_tokens) for s in streams]
 
         for ids in prompts:
             self.check_fits(ids, params)
@@ -368,17 +628,52 @@ class Engine:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=self.model.device)
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=self.model.device)
-        kwargs = params.generate_kwargs()
+        kwargs, processors, _ = _decoding(replace(params, logprobs=None), len(prompts), self.model.device)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, eos_token_id=list(self.eos_token_ids), pad_token_id=pad, **kwargs
+                input_ids=input_ids, attention_mask=attention_mask, eos_token_id=list(self.eos_token_ids), pad_token_id=pad,
+                logits_processor=LogitsProcessorList(processors), **kwargs,
             )
         return [self._completion(row[width:].tolist(), len(ids), params) for row, ids in zip(output, prompts)]
 
     def generate(self, prompt_ids: list[int], params: GenerationParams) -> Completion:
         return self.generate_batch([prompt_ids], params)[0]
+
+    def prompt_logprobs(self, prompts: Sequence[list[int]], top: int = 0, batch_tokens: int = 8192) -> list[list[TokenLogprob | None]]:
+        """Each prompt token's log-probability given the tokens before it (OpenAI's `echo` with
+        `logprobs`), with the `top` most likely at each position.
+
+        Prompts are sorted by length and run in right-padded batches of at most `batch_tokens`
+        tokens (padding included), one forward pass each; log_softmax is taken in float32. Returns,
+        per prompt, one entry per token; entry 0 is None (nothing precedes it).
+        """
+        import torch
+
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top must be between 0 and {MAX_TOP_LOGPROBS}, not {top}")
+        for ids in prompts:
+            if len(ids) > self.context_length:
+                raise PromptTooLong(len(ids), self.context_length, 0)
+        results: list[list[TokenLogprob | None]] = [[] for _ in prompts]
+        order = sorted((i for i, ids in enumerate(prompts) if ids), key=lambda i: len(prompts[i]), reverse=True)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = self.model.device
+        while order:
+            width = len(prompts[order[0]])
+            rows, order = order[: max(1, batch_tokens // width)], order[max(1, batch_tokens // width) :]
+            input_ids = torch.tensor([prompts[i] + [pad] * (width - len(prompts[i])) for i in rows], device=device)
+            mask = torch.tensor([[1] * len(prompts[i]) + [0] * (width - len(prompts[i])) for i in rows], device=device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits  # (rows, width, vocab)
+                for row, i in enumerate(rows):
+                    ids = prompts[i]
+                    logprobs = torch.log_softmax(logits[row, : len(ids) - 1].float(), dim=-1)  # (len - 1, vocab)
+                    results[i] = [None] + [
+                        _token_logprob(self.tokenizer, token, logprobs[j], top) for j, token in enumerate(ids[1:])
+                    ]
+        return results
 
     def _completion(self, generated: list[int], prompt_tokens: int, params: GenerationParams) -> Completion:
         ended = next((i for i, token in enumerate(generated) if token in self.eos_token_ids), None)
@@ -404,12 +699,17 @@ def load_engine(
     context_length: int | None = None,
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    batching: bool = True,
+    max_running: int = 16,
+    kv_cache_tokens: int | None = None,
 ) -> Engine:
     """Load a full model folder, a GPTQ folder, or a LoRA adapter folder (on `base`, or on the base
     its `adapter_config.json` names).
 
     The template is `template` if given, else the one in the folder's `belle.json` (the adapter's,
-    then the base's), else the tokenizer's own `chat_template`.
+    then the base's), else the tokenizer's own `chat_template`. With `batching`, concurrent
+    requests decode together (`belle.batching`) when a probe at load shows the model batches
+    exactly; `Engine.close()` stops that.
     """
     path = Path(path)
     model_dir, adapter = split_adapter(path, base)
@@ -425,27 +725,19 @@ def load_engine(
         adapter=adapter, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
     )
     model.eval()
-    limit = context_length or getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    limit = int(context_length or getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
+    eos_token_ids = reply_end_ids(model, tokenizer, resolved)
+    batcher = None
+    if batching:
+        from belle.batching import BatchingOptions, start_batcher
+
+        batcher = start_batcher(model, tokenizer, eos_token_ids, limit, BatchingOptions(max_running, kv_cache_tokens))
     return Engine(
         model=model,
         tokenizer=tokenizer,
         template=resolved,
         name=name or path.name,
-        context_length=int(limit),
-        eos_token_ids=_eos_token_ids(model, tokenizer, resolved),
+        context_length=limit,
+        eos_token_ids=eos_token_ids,
+        batcher=batcher,
     )
-
-
-def _eos_token_ids(model: Any, tokenizer: Any, template: Template) -> frozenset[int]:
-    """EOS, the generation config's end ids, and the template's turn-end token if it is one token."""
-    ids = {tokenizer.eos_token_id}
-    configured = model.generation_config.eos_token_id
-    ids.update(configured if isinstance(configured, list) else [configured])
-    end = template.assistant_end.replace("{eos}", tokenizer.eos_token or "").strip()
-    if end:
-        end_ids = tokenizer(end, add_special_tokens=False)["input_ids"]
-        if len(end_ids) == 1:
-            ids.add(end_ids[0])
-    ids.discard(None)
-    return frozenset(ids)
-

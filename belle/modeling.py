@@ -211,3 +211,16 @@ def weights_bytes(model_dir: str | Path) -> int:
         if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt") and path.name != "training_args.bin"
     )
 
+
+def reply_end_ids(model: Any, tokenizer: Any, template: Template) -> frozenset[int]:
+    """EOS, the generation config's end ids, and the template's turn-end token if it is one token."""
+    ids = {tokenizer.eos_token_id}
+    configured = model.generation_config.eos_token_id
+    ids.update(configured if isinstance(configured, list) else [configured])
+    end = template.assistant_end.replace("{eos}", tokenizer.eos_token or "").strip()
+    if end:
+        end_ids = tokenizer(end, add_special_tokens=False)["input_ids"]
+        if len(end_ids) == 1:
+            ids.add(end_ids[0])
+    ids.discard(None)
+    return frozenset(ids)

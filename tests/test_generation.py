@@ -210,3 +210,126 @@ def test_without_belle_json_or_chat_template_a_template_must_be_named(tiny_model
     with pytest.raises(ValueError, match="name a template"):
         load_engine(folder, device="cpu")
     assert load_engine(folder, template="chatml", device="cpu").template.name == "chatml"
+
+
+def test_seed_and_logprobs_are_validated():
+    with pytest.raises(ValueError, match="logprobs must be between 0 and 20"):
+        GenerationParams(logprobs=21)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        GenerationParams(seed="7")
+
+
+def test_default_params_come_from_the_generation_config(tiny_engine):
+    config = tiny_engine.model.generation_config
+    params = tiny_engine.default_params
+    assert params.max_new_tokens == 512
+    assert params.temperature == (config.temperature if config.do_sample else 0)
+    assert params.top_k == (config.top_k or 0) and params.top_p == (config.top_p or 1.0)
+    assert params.repetition_penalty == (config.repetition_penalty or 1.0)
+    sampled = dataclasses.replace(tiny_engine, model=_WithConfig(tiny_engine.model, do_sample=True, temperature=0.6, top_p=None, top_k=0))
+    assert (sampled.default_params.temperature, sampled.default_params.top_p, sampled.default_params.top_k) == (0.6, 1.0, 0)
+
+
+class _WithConfig:
+    def __init__(self, model, **settings):
+        from transformers import GenerationConfig
+
+        self.generation_config = GenerationConfig(**settings)
+
+
+SAMPLED = GenerationParams(temperature=1.0, top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=24, min_new_tokens=24)
+
+
+@pytest.mark.slow
+def test_same_seed_same_reply_even_beside_other_streams(tiny_engine):
+    ids = prompt(tiny_engine)
+    seeded = dataclasses.replace(SAMPLED, seed=1234)
+    alone = tiny_engine.stream(ids, seeded).text()
+    others = [tiny_engine.stream(ids, SAMPLED) for _ in range(2)]
+    together = [tiny_engine.stream(ids, seeded) for _ in range(2)]
+    assert [s.text() for s in together] == [alone, alone]
+    for s in others:
+        s.text()
+    assert tiny_engine.stream(ids, dataclasses.replace(SAMPLED, seed=99)).text() != alone
+    assert tiny_engine.generate(ids, seeded).text == alone
+
+
+@pytest.mark.slow
+def test_seeded_sampling_follows_the_distribution(tiny_engine):
+    """Gumbel-max over the temperature-scaled logits: first-token frequencies over many seeds
+    match softmax(logits / T) restricted to the top-k set."""
+    ids = prompt(tiny_engine)
+    with torch.no_grad():
+        logits = tiny_engine.model(torch.tensor([ids])).logits[0, -1].float()
+    kept = logits.topk(5)
+    probs = dict(zip(kept.indices.tolist(), torch.softmax(kept.values / 0.7, -1).tolist()))
+    params = GenerationParams(temperature=0.7, top_p=1.0, top_k=5, repetition_penalty=1.0, max_new_tokens=1, min_new_tokens=1)
+    counts: dict[int, int] = {}
+    runs = 300
+    for seed in range(runs):
+        stream = tiny_engine.stream(ids, dataclasses.replace(params, seed=seed, logprobs=0))
+        token = next(p for p in stream.pieces() if p.logprobs).logprobs[0].token_id
+        counts[token] = counts.get(token, 0) + 1
+    assert set(counts) <= set(probs)
+    for token, p in probs.items():
+        assert abs(counts.get(token, 0) / runs - p) < 4 * (p * (1 - p) / runs) ** 0.5 + 0.01
+
+
+@pytest.mark.slow
+def test_logprobs_are_the_raw_distribution(tiny_engine, tokenizer):
+    ids = prompt(tiny_engine)
+    params = dataclasses.replace(GREEDY, max_new_tokens=6, min_new_tokens=6, repetition_penalty=1.3, logprobs=3)
+    stream = tiny_engine.stream(ids, params)
+    pieces = list(stream.pieces())
+    assert "".join(p.text for p in pieces) == tiny_engine.stream(ids, dataclasses.replace(params, logprobs=None)).text()
+    tokens = [lp for p in pieces for lp in p.logprobs]
+    assert len(tokens) == 6
+    context = list(ids)
+    for lp in tokens:
+        with torch.no_grad():
+            row = torch.log_softmax(tiny_engine.model(torch.tensor([context])).logits[0, -1].float(), -1)
+        assert lp.logprob == pytest.approx(row[lp.token_id].item(), abs=1e-3)  # a KV cache against a full pass
+        assert lp.token == tokenizer.decode([lp.token_id])
+        best = row.topk(3)
+        assert [t[0] for t in lp.top] == best.indices.tolist()
+        assert [t[2] for t in lp.top] == pytest.approx(best.values.tolist(), abs=1e-3)
+        context.append(lp.token_id)
+    assert all(p.logprobs == () for p in tiny_engine.stream(ids, GREEDY).pieces())
+
+
+@pytest.mark.slow
+def test_prompt_logprobs_equal_unpadded_forward(tiny_engine):
+    prompts = [prompt(tiny_engine, text) for text in ("你好", "请写一首关于春天的长诗，要有押韵。", "What is BELLE?")]
+    results = tiny_engine.prompt_logprobs(prompts, top=2, batch_tokens=64)
+    for ids, entries in zip(prompts, results):
+        assert len(entries) == len(ids) and entries[0] is None
+        with torch.no_grad():
+            rows = torch.log_softmax(tiny_engine.model(torch.tensor([ids])).logits[0].float(), -1)
+        for i in range(1, len(ids)):
+            assert entries[i].token_id == ids[i]
+            assert entries[i].logprob == pytest.approx(rows[i - 1, ids[i]].item(), abs=1e-4)
+            assert [t[0] for t in entries[i].top] == rows[i - 1].topk(2).indices.tolist()
+    assert tiny_engine.prompt_logprobs([[]]) == [[]]
+
+
+@pytest.mark.slow
+def test_apieces_gives_what_pieces_gives(tiny_model_dir):
+    """The event-loop reader of a stream yields the same pieces as the blocking one, on both paths."""
+    import asyncio
+
+    engine = load_engine(tiny_model_dir, device="cpu")
+    assert engine.batching
+    ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+    greedy = GenerationParams(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=24)
+    for params in (greedy, dataclasses.replace(greedy, logprobs=2)):  # batched, then the thread path
+        expected = list(engine.stream(ids, params).pieces())
+
+        async def read():
+            stream = engine.stream(ids, params)
+            return [piece async for piece in stream.apieces()], stream
+
+        pieces, stream = asyncio.run(read())
+        assert [p.text for p in pieces] == [p.text for p in expected]
+        assert [[t.token_id for t in p.logprobs] for p in pieces] == [[t.token_id for t in p.logprobs] for p in expected]
+        assert stream.finish_reason in ("stop", "length") and stream.completion_tokens > 0
+    engine.close()

@@ -27,7 +27,7 @@ def sp_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sp_engine(sp_dir):
-    return load_engine(sp_dir, device="cpu")
+    return load_engine(sp_dir, device="cpu", batching=False)  # `scripted` copies its model and biases generate
 
 
 @pytest.fixture(scope="module")

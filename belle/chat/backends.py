@@ -116,7 +116,8 @@ class LocalBackend:
         return len(self.engines[model].encode_chat(messages))
 
     def close(self) -> None:
-        pass
+        for engine in self.engines.values():
+            engine.close()
 
 
 def chat_options(base_url: str, api_key_env: str = LLMOptions.api_key_env) -> LLMOptions:

@@ -28,19 +28,26 @@ def load_engines(
     device: str | None = None,
     context_length: int | None = None,
     trust_remote_code: bool = False,
+    batching: bool = True,
+    max_running: int = 16,
+    kv_cache_tokens: int | None = None,
 ) -> dict[str, Engine]:
-    """Load every model named by `specs`, in order; each stays in memory. `base` applies to LoRA
-    adapter folders whose recorded base path does not hold the base model."""
+    """Load every model named by `specs`, in order; each stays in memory (call `close()` on each
+    at exit). `base` applies to LoRA adapter folders whose recorded base path does not hold the
+    base model; `batching`, `max_running` and `kv_cache_tokens` are `load_engine`'s."""
     if not specs:
         raise UsageError("name at least one model with --model DIR")
     folders = dict(parse_model_spec(spec) for spec in specs)
     if len(folders) < len(specs):
         raise UsageError("two --model entries have the same name; name them with NAME=DIR")
+    if max_running < 1 or (kv_cache_tokens is not None and kv_cache_tokens < 1):
+        raise UsageError("--max-running and --kv-cache-tokens must be at least 1")
     engines = {}
     for name, folder in folders.items():
         try:
             engines[name] = load_engine(folder, base=base, template=template, name=name, dtype=dtype, device=device,
-                                        context_length=context_length, trust_remote_code=trust_remote_code)
+                                        context_length=context_length, trust_remote_code=trust_remote_code,
+                                        batching=batching, max_running=max_running, kv_cache_tokens=kv_cache_tokens)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
     return engines

@@ -213,8 +213,11 @@ def _answer(options: AnswerOptions, sampling: SamplingOptions, engine: EngineOpt
 
             spec = f"{options.name}={options.model}" if options.name else str(options.model)
             (local,) = load_engines([spec], **asdict(engine), **asdict(load)).values()
-            answered = answer_locally(local, pending, output, params, batch_size=options.batch_size,
-                                      system=options.system, on_item=bar.update)
+            try:
+                answered = answer_locally(local, pending, output, params, batch_size=options.batch_size,
+                                          system=options.system, on_item=bar.update)
+            finally:
+                local.close()
     print(f"wrote {answered.answered} answers to {output}")
     for item_id, why in list(answered.skipped.items())[:10]:
         print(f"skipped {item_id}: {why}")

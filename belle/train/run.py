@@ -24,6 +24,7 @@ from belle.train.checkpoints import CheckpointCallback, foreign_checkpoints, rem
 from belle.train.config import TrainConfig
 from belle.train.fingerprint import differences, read_fingerprint, run_fingerprint, write_fingerprint
 from belle.train.lora import adapter_report, describe, resolve_targets, target_problems
+from belle.train.merge import write_generation_config
 from belle.train.packing import check_packing, pt_unpacked_notice
 from belle.train.preflight import check_run, resolve_precision
 from belle.train.report import ThroughputCallback, write_report
@@ -329,7 +330,8 @@ def build_trainer(config: TrainConfig, args: Any, model: Any, tokenizer: Any, da
 
 
 def save_final(trainer: Any, config: TrainConfig, template: Template, tokenizer: Any, precision: str) -> None:
-    """The final model (or adapter) in `output_dir`, with its tokenizer and `belle.json`.
+    """The final model (or adapter) in `output_dir`, with its tokenizer, `belle.json` and a
+    `generation_config.json` whose end ids match the template.
 
     Under ZeRO-3 every rank takes part in gathering the 16-bit weights. A full model trained in
     fp32 master weights with bf16/fp16 autocast is saved in that 16-bit dtype, as BELLE releases are.
@@ -344,3 +346,4 @@ def save_final(trainer: Any, config: TrainConfig, template: Template, tokenizer:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
         write_checkpoint_info(config.output_dir, template.name, config=config_to_dict(config), trained_by="belle train")
+        write_generation_config(Path(config.output_dir), model, tokenizer, template)

@@ -64,7 +64,8 @@ def test_every_model_loads_in_order_under_its_name_with_the_options(monkeypatch)
     assert list(loaded) == ["b", "one"]
     assert [(str(folder), kwargs["name"]) for folder, kwargs in calls] == [("/m/two", "b"), ("/m/one", "one")]
     assert calls[0][1] == {"base": Path("/base"), "template": "belle", "name": "b", "dtype": "bf16", "device": None,
-                           "context_length": 64, "trust_remote_code": False}
+                           "context_length": 64, "trust_remote_code": False, "batching": True, "max_running": 16,
+                           "kv_cache_tokens": None}
 
 
 def test_an_existing_folder_with_an_equals_sign_is_a_folder(tmp_path, monkeypatch):

@@ -5,15 +5,20 @@ import pytest
 from pydantic import ValidationError
 
 from belle.chat.protocol import (
+    PROMPT_SHAPES,
     APIError,
     ChatRequest,
     CompletionRequest,
+    LegacyLogprobs,
     Reply,
+    chat_logprobs,
     error_body,
     lone_surrogate_at,
     plain_messages,
+    refusal,
     usage,
 )
+from belle.generation import TokenLogprob
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -27,9 +32,10 @@ def completion(**fields):
 
 
 def test_a_plain_request_asks_for_nothing_unsupported_and_keeps_unknown_fields():
-    request = chat(user="someone", seed=3)
+    request = chat(user="someone", seed=3, n=2, logprobs=True, top_logprobs=20)
     assert request.unsupported() == []
-    assert request.model_extra == {"user": "someone", "seed": 3}
+    assert request.model_extra == {"user": "someone"}
+    assert (request.seed, request.logprobs_wanted()) == (3, 20)
     assert completion().unsupported() == []
 
 
@@ -37,10 +43,9 @@ def test_a_plain_request_asks_for_nothing_unsupported_and_keeps_unknown_fields()
     ({"frequency_penalty": 0.5}, ["frequency_penalty"]),
     ({"presence_penalty": 0.5, "frequency_penalty": 0.5}, ["presence_penalty"]),
     ({"logit_bias": {"42": 1.0}}, ["logit_bias"]),
-    ({"logprobs": 3}, ["logprobs"]),
     ({"tools": [{"type": "function"}]}, ["tools"]),
     ({"response_format": {"type": "json_object"}}, ["response_format"]),
-    ({"n": 2, "tools": [{}]}, ["n", "tools"]),
+    ({"logit_bias": {"1": 1.0}, "tools": [{}]}, ["logit_bias", "tools"]),
 ])
 def test_chat_fields_that_would_change_the_result_are_refused_by_name(fields, refused):
     assert chat(**fields).unsupported() == refused
@@ -51,18 +56,73 @@ def test_a_text_response_format_and_empty_settings_are_accepted():
 
 
 @pytest.mark.parametrize("fields, refused", [
-    ({"echo": True}, ["echo"]),
     ({"suffix": "end"}, ["suffix"]),
     ({"best_of": 2}, ["best_of"]),
-    ({"prompt": ["a", "b"]}, ["prompt"]),
-    ({"n": 3, "echo": True}, ["n", "echo"]),
+    ({"frequency_penalty": 1, "suffix": "x"}, ["frequency_penalty", "suffix"]),
 ])
 def test_completion_fields_that_would_change_the_result_are_refused_by_name(fields, refused):
     assert completion(**fields).unsupported() == refused
 
 
-def test_a_one_prompt_list_and_best_of_one_are_accepted():
-    assert completion(prompt=["a"], best_of=1).unsupported() == []
+def test_prompt_lists_echo_logprobs_n_and_best_of_n_are_accepted():
+    assert completion(prompt=["a", "b"], best_of=3, n=3, echo=True, logprobs=5, max_tokens=0).unsupported() == []
+
+
+@pytest.mark.parametrize("prompt, prompts, params", [
+    ("你好", ["你好"], ["prompt"]),
+    (["a", "b"], ["a", "b"], ["prompt.0", "prompt.1"]),
+    ([5, 6, 7], [[5, 6, 7]], ["prompt"]),
+    ([[5], [6, 7]], [[5], [6, 7]], ["prompt.0", "prompt.1"]),
+])
+def test_the_four_prompt_shapes(prompt, prompts, params):
+    request = completion(prompt=prompt)
+    assert request.prompts() == prompts
+    assert [request.prompt_param(i) for i in range(len(prompts))] == params
+
+
+@pytest.mark.parametrize("prompt, says", [
+    (5, f"must be {PROMPT_SHAPES}, not an integer"),
+    ({"text": "hi"}, "not an object"),
+    (None, "not null"),
+    ([1, "a"], "item 1 is a string after an integer"),
+    (["a", ""], "item 1 is an empty string"),
+    ([[1], []], "item 1 is an empty list of token ids"),
+    ([[1, 2.5]], "item 0, position 1 is a number with a fraction, not a token id"),
+    ([True], "item 0 is a boolean"),
+    ([[1], 2], "item 1 is an integer after a list"),
+])
+def test_a_bad_prompt_is_described_in_plain_words(prompt, says):
+    with pytest.raises(ValidationError) as caught:
+        completion(prompt=prompt)
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("prompt",) and says in str(error["ctx"]["error"])
+
+
+def test_logprobs_settings():
+    assert completion().logprobs_wanted() is None
+    assert completion(logprobs=0).logprobs_wanted() == 0
+    assert chat(logprobs=True).logprobs_wanted() == 0
+    assert chat(logprobs=False).logprobs_wanted() is None
+    with pytest.raises(APIError, match="top_logprobs: needs"):
+        chat(top_logprobs=3).logprobs_wanted()
+    for bad in ({"logprobs": 21}, {"logprobs": -1}):
+        with pytest.raises(ValidationError):
+            completion(**bad)
+    with pytest.raises(ValidationError):
+        chat(logprobs=True, top_logprobs=21)
+
+
+def test_max_tokens_zero_is_a_completion_value_only():
+    assert completion(max_tokens=0, echo=True).max_tokens == 0
+    with pytest.raises(ValidationError):
+        chat(max_tokens=0)
+
+
+def test_a_json_response_format_is_refused_with_the_reason():
+    error = refusal("response_format")
+    assert error.status == 400 and error.param == "response_format"
+    assert "constrained decoding" in error.message and "no maintained library" in error.message
+    assert refusal("tools").message == "tools: not supported by this server"
 
 
 @pytest.mark.parametrize("fields, field", [
@@ -128,7 +188,7 @@ def test_usage_adds_up():
 
 def test_a_whole_chat_reply():
     reply = Reply("tiny", chat=True)
-    body = reply.whole("北京", "stop", prompt_tokens=3, completion_tokens=2)
+    body = reply.whole([reply.choice(0, "北京", "stop", whole=True)], prompt_tokens=3, completion_tokens=2)
     assert reply.id.startswith("chatcmpl-") and body["id"] == reply.id
     assert (body["object"], body["model"], body["created"]) == ("chat.completion", "tiny", reply.created)
     assert body["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "stop",
@@ -136,9 +196,16 @@ def test_a_whole_chat_reply():
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
+def test_whole_replies_list_choices_by_index():
+    reply = Reply("tiny", chat=False)
+    body = reply.whole([reply.choice(i, str(i), "length") for i in (2, 0, 1)], 1, 3)
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+
+
 def test_chat_stream_chunks_carry_the_role_first_then_only_deltas():
     reply = Reply("tiny", chat=True)
-    first, middle, last = reply.chunk("", first=True), reply.chunk("京"), reply.chunk(None, "length")
+    first, middle, last = (reply.chunk(reply.choice(0, "", first=True)), reply.chunk(reply.choice(0, "京")),
+                           reply.chunk(reply.choice(0, None, "length")))
     assert {first["object"], middle["object"], last["object"]} == {"chat.completion.chunk"}
     assert {first["id"], middle["id"], last["id"]} == {reply.id}
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -153,12 +220,37 @@ def test_chat_stream_chunks_carry_the_role_first_then_only_deltas():
 def test_completion_replies_carry_text_never_none():
     reply = Reply("tiny", chat=False)
     assert reply.id.startswith("cmpl-")
-    whole = reply.whole("abc", "stop", 1, 3)
+    whole = reply.whole([reply.choice(0, "abc", "stop")], 1, 3)
     assert whole["object"] == "text_completion"
     assert whole["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "stop", "text": "abc"}]
-    assert reply.chunk(None, "stop")["choices"][0]["text"] == ""
+    assert reply.chunk(reply.choice(1, None, "stop"))["choices"][0] == {"index": 1, "logprobs": None, "finish_reason": "stop", "text": ""}
     assert reply.usage_chunk(1, 3)["object"] == "text_completion"
 
 
 def test_each_reply_has_its_own_id():
     assert Reply("tiny", chat=True).id != Reply("tiny", chat=True).id
+
+
+TOP = ((7, "京", -0.5), (8, "北", -1.5))
+
+
+def test_chat_logprobs_have_openai_s_content_shape():
+    entries = chat_logprobs([TokenLogprob(7, "京", -0.5, TOP), TokenLogprob(9, "!", -3.0)])
+    assert entries == [
+        {"token": "京", "logprob": -0.5, "bytes": [228, 186, 172], "top_logprobs": [
+            {"token": "京", "logprob": -0.5, "bytes": [228, 186, 172]}, {"token": "北", "logprob": -1.5, "bytes": [229, 140, 151]}]},
+        {"token": "!", "logprob": -3.0, "bytes": [33], "top_logprobs": []},
+    ]
+    reply = Reply("tiny", chat=True)
+    assert reply.choice(0, "京", logprobs=entries[:1])["logprobs"] == {"content": entries[:1]}
+
+
+def test_legacy_logprobs_put_the_prompt_first_and_count_offsets_in_characters():
+    legacy = LegacyLogprobs()
+    legacy.add_prompt(["北", "京"], [None, TokenLogprob(7, "京", -0.5, TOP)])
+    first = legacy.take()
+    assert first == {"tokens": ["北", "京"], "token_logprobs": [None, -0.5], "top_logprobs": [None, {"京": -0.5, "北": -1.5}],
+                     "text_offset": [0, 1]}
+    legacy.add_generated([TokenLogprob(9, "ab", -2.0, ((9, "x", -1.0), (10, "x", -1.2)))])
+    assert legacy.take() == {"tokens": ["ab"], "token_logprobs": [-2.0], "top_logprobs": [{"x": -1.0}], "text_offset": [2]}
+    assert legacy.take() == {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}

@@ -1,13 +1,18 @@
 """`belle serve` through the real `openai` client: chat and completions, streamed and whole, usage,
-stop strings, API keys, limits, bad requests, concurrency, and disconnects that end generation."""
+stop strings, API keys, limits, bad requests, concurrency, and disconnects that end generation; `n`,
+seeds, logprobs and echo, and lm-evaluation-harness's own request and parsing code."""
 
+import math
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
+from fastapi.testclient import TestClient
 
+from belle.chat.server import create_app
 from tests.chat.conftest import start_cli
 
 pytestmark = pytest.mark.slow
@@ -103,8 +108,9 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "last message"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]}, "only text"),
-    ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
+    ({"n": 33}, "--max-concurrent"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "constrained decoding"),
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 5000}, "context"),
@@ -222,3 +228,111 @@ def test_busy_server_answers_429_then_recovers(strict_server):
 def test_serve_refuses_bad_arguments(tiny_model_dir, belle_main, args, message):
     result = belle_main("serve", *[arg.replace("MODEL", str(tiny_model_dir)) for arg in args])
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_omitted_fields_take_the_model_s_generation_config(server, tiny_engine):
+    assert tiny_engine.default_params.temperature == 0  # the tiny model's generation_config does not sample
+    omitted = client(server).chat.completions.create(model="tiny", messages=QUESTION, max_tokens=24)
+    greedy = client(server).chat.completions.create(model="tiny", messages=QUESTION, max_tokens=24, temperature=0,
+                                                    extra_body={"repetition_penalty": 1.0})
+    assert omitted.choices[0].message.content == greedy.choices[0].message.content
+
+
+def test_n_samples_and_seeds(server):
+    def ask(seed, n=3):
+        reply = client(server).completions.create(model="tiny", prompt=["你好", "北京"], n=n, seed=seed, max_tokens=12,
+                                                  temperature=1.0, extra_body={"min_tokens": 12})
+        return [c.text for c in sorted(reply.choices, key=lambda c: c.index)], reply
+
+    texts, reply = ask(7)
+    assert [c.index for c in reply.choices] == list(range(6)) and reply.usage.completion_tokens == 72
+    assert texts == ask(7)[0]  # same seed, same samples
+    assert len(set(texts[:3])) > 1  # sample j draws with seed + j
+    assert ask(8, n=1)[0][0] == texts[1]  # ... so sample 1 of seed 7 is sample 0 of seed 8
+    chat = [client(server).chat.completions.create(model="tiny", messages=QUESTION, n=2, seed=5, max_tokens=8, temperature=1.0)
+            for _ in range(2)]
+    assert [c.message.content for c in chat[0].choices] == [c.message.content for c in chat[1].choices]
+
+
+def test_streamed_n_and_logprobs_agree_with_the_whole_reply(server):
+    kwargs = {"model": "tiny", "messages": QUESTION, "n": 2, "seed": 1, "temperature": 1.0, "max_tokens": 10,
+              "logprobs": True, "top_logprobs": 3}
+    whole = client(server).chat.completions.create(**kwargs)
+    chunks = list(client(server).chat.completions.create(stream=True, **kwargs))
+    for choice in whole.choices:
+        parts = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == choice.index]
+        assert "".join(p.delta.content or "" for p in parts) == choice.message.content
+        streamed = [entry for p in parts if p.logprobs for entry in p.logprobs.content]
+        assert [e.model_dump() for e in streamed] == [e.model_dump() for e in choice.logprobs.content]
+        for entry in choice.logprobs.content:
+            assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob >= entry.logprob
+            assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+
+
+def test_greedy_tokens_are_the_most_likely(server):
+    reply = client(server).completions.create(model="tiny", prompt="北京", max_tokens=8, temperature=0, logprobs=2,
+                                              extra_body={"repetition_penalty": 1.0})
+    logprobs = reply.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 8
+    for token, logprob, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        assert logprob == max(top.values()) and top[token] == logprob
+    assert logprobs.text_offset == [sum(map(len, logprobs.tokens[:i])) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_engine):
+    with TestClient(create_app({"tiny": tiny_engine})) as test_client:
+        yield test_client
+
+
+def lm_eval_loglikelihood(app, contexts, continuations):
+    """What lm-eval's `local-completions` sends for log-likelihood requests and how it reads the reply:
+    its own `_create_payload` and `parse_logprobs`."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    inputs = [c + x for c, x in zip(contexts, continuations)]
+    lm = SimpleNamespace(model="tiny", _max_gen_toks=256)
+    payload = LocalCompletionsAPI._create_payload(lm, inputs, generate=False, seed=1234)
+    response = app.post("/v1/completions", json=payload)
+    assert response.status_code == 200, response.text
+    return LocalCompletionsAPI.parse_logprobs(response.json(), tokens=inputs, ctxlens=[len(c) for c in contexts])
+
+
+def scores(engine, ids):
+    """Each token's log-probability given those before it, straight from the model."""
+    import torch
+
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return [float(logprobs[i - 1, ids[i]]) for i in range(1, len(ids))], logprobs.argmax(-1).tolist()
+
+
+def test_lm_eval_log_likelihood_requests(app, tiny_engine):
+    context = tiny_engine.encode_text("Human: \n北京有什么好吃的？\n\nAssistant: \n")
+    greedy = list(context)
+    for _ in range(4):
+        greedy.append(scores(tiny_engine, greedy + [0])[1][len(greedy) - 1])
+    likely = greedy[len(context):]
+    unlikely = [scores(tiny_engine, context + [0])[1][len(context) - 1] + 1, *likely[1:]]
+    (greedy_sum, is_greedy), (other_sum, other_greedy) = lm_eval_loglikelihood(app, [context, context], [likely, unlikely])
+    assert is_greedy and not other_greedy
+    assert math.isclose(greedy_sum, sum(scores(tiny_engine, greedy)[0][len(context) - 1:]), abs_tol=1e-3)
+    assert math.isclose(other_sum, sum(scores(tiny_engine, context + unlikely)[0][len(context) - 1:]), abs_tol=1e-3)
+    assert other_sum < greedy_sum
+
+
+def test_echo_with_no_new_tokens_scores_the_prompt_only(app, tiny_engine):
+    ids = tiny_engine.encode_text("北京的烤鸭")
+    body = app.post("/v1/completions", json={"model": "tiny", "prompt": [ids, ids[:2]], "echo": True, "max_tokens": 0,
+                                            "logprobs": 0}).json()
+    first, second = body["choices"]
+    assert first["text"] == tiny_engine.tokenizer.decode(ids) and first["finish_reason"] == "length"
+    assert first["logprobs"]["token_logprobs"][0] is None
+    assert first["logprobs"]["token_logprobs"][1:] == pytest.approx(scores(tiny_engine, ids)[0], abs=1e-4)
+    assert first["logprobs"]["tokens"] == [tiny_engine.tokenizer.decode([i]) for i in ids]
+    assert len(second["logprobs"]["tokens"]) == 2
+    assert body["usage"] == {"prompt_tokens": len(ids) + 2, "completion_tokens": 0, "total_tokens": len(ids) + 2}
+    text = app.post("/v1/completions", json={"model": "tiny", "prompt": "北京", "echo": True, "max_tokens": 3,
+                                            "temperature": 0}).json()["choices"][0]["text"]
+    assert text.startswith("北京") and len(text) > 2

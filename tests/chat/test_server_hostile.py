@@ -3,10 +3,12 @@ the key, broken encodings, absurd numbers, lone surrogates, empty and enormous p
 routes, and field names made to forge log lines. Each gets a 4xx with OpenAI's error body, before
 the server spends time on it, and the server goes on serving."""
 
+import asyncio
 import http.client
 import json
 import logging
 import socket
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -15,7 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from belle.chat import serve
-from belle.chat.server import create_app, loggable
+from belle.chat.protocol import APIError
+from belle.chat.server import Admission, create_app, loggable
 from tests.chat.conftest import start_cli
 
 KEY = "sk-hostile-0123456789"
@@ -261,3 +264,132 @@ def test_serve_help_and_a_bad_limit(capsys, tiny_model_dir):
     assert "--max-request-bytes" in capsys.readouterr().out
     assert serve.main(["--model", str(tiny_model_dir), "--max-request-bytes", "0"]) == 2
     assert "--max-request-bytes" in capsys.readouterr().err
+
+
+# Prompts in every shape lm-evaluation-harness sends, and what is wrong with them, in plain words.
+
+BAD_PROMPTS = [
+    ({"x": 1}, "prompt: must be a string, a list of strings, a list of token ids, or a list of lists of token ids, not an object"),
+    ([1, "a"], "prompt: item 1 is a string after an integer"),
+    ([[1, 2], [3, None]], "prompt: item 1, position 1 is null, not a token id"),
+    ([[]], "prompt: item 0 is an empty list of token ids"),
+]
+
+
+@pytest.mark.parametrize("prompt, message", BAD_PROMPTS)
+def test_a_bad_prompt_gets_a_plain_message(app, prompt, message):
+    error = assert_openai_error(app.post("/v1/completions", json={"model": "tiny", "prompt": prompt}), 400)
+    assert error["message"].startswith(message) and error["param"] == "prompt"
+    assert "Input should" not in error["message"] and "prompt.str" not in error["message"]
+
+
+@pytest.mark.parametrize("prompt, param, token", [
+    ([5, 10**6], "prompt.1", 10**6),
+    ([[5, 6], [7, -1]], "prompt.1.1", -1),
+    ([[5], [2**70]], "prompt.1.0", 2**70),
+])
+def test_a_token_id_outside_the_vocabulary_is_named_by_its_index(app, tiny_engine, prompt, param, token):
+    error = assert_openai_error(app.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 1}), 400)
+    assert error["param"] == param
+    assert error["message"] == f"{param}: token id {token} is not in the vocabulary (ids 0 to {len(tiny_engine.tokenizer) - 1})"
+
+
+def test_too_many_token_ids_are_refused_with_the_count(app):
+    error = assert_openai_error(app.post("/v1/completions", json={"model": "tiny", "prompt": [[5] * 2048]}), 400)
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt.0" and "2048 tokens" in error["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "hi", "n": 33}, "n"),
+    ({"prompt": ["hi"] * 17, "n": 2}, "prompt"),
+    ({"prompt": [[5]] * 33}, "prompt"),
+])
+def test_a_request_with_more_choices_than_slots_is_refused(app, body, param):
+    error = assert_openai_error(app.post("/v1/completions", json={"model": "tiny", "max_tokens": 1, **body}), 400)
+    assert error["param"] == param and "at most 32 at once (--max-concurrent)" in error["message"]
+
+
+@pytest.mark.parametrize("route, body, mentions", [
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "only with echo"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 21}, "logprobs"),
+    ("/v1/chat/completions", {"messages": QUESTION, "top_logprobs": 2}, "top_logprobs: needs"),
+    ("/v1/chat/completions", {"messages": QUESTION, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ("/v1/chat/completions", {"messages": QUESTION, "seed": 2**63}, "seed"),
+    ("/v1/chat/completions", {"messages": QUESTION, "n": 0}, "n"),
+    ("/v1/chat/completions", {"messages": QUESTION, "response_format": {"type": "json_schema", "json_schema": {}}},
+     "constrained decoding"),
+])
+def test_bad_sampling_fields_are_refused_by_name(app, route, body, mentions):
+    error = assert_openai_error(app.post(route, json={"model": "tiny", **body}), 400)
+    assert mentions in error["message"] + str(error["param"])
+
+
+def test_one_model_and_an_unknown_one(app):
+    listed = app.get("/v1/models").json()["data"][0]
+    assert app.get("/v1/models/tiny").json() == listed
+    assert abs(listed["created"] - time.time()) < 3600
+    error = assert_openai_error(app.get("/v1/models/gpt-4"), 404)
+    assert (error["code"], error["param"]) == ("model_not_found", "model") and "tiny" in error["message"]
+
+
+ORIGIN = "https://app.example.com"
+PREFLIGHT = {"origin": ORIGIN, "access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type"}
+
+
+@pytest.fixture(scope="module")
+def cors_app(tiny_engine):
+    app = create_app({"tiny": tiny_engine}, api_key=KEY, cors_origins=[ORIGIN])
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_cors_preflight_needs_no_key_but_the_request_does(cors_app):
+    preflight = cors_app.options("/v1/chat/completions", headers=PREFLIGHT)
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ORIGIN
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    refused = cors_app.post("/v1/chat/completions", json={"model": "tiny", "messages": QUESTION}, headers={"origin": ORIGIN})
+    assert assert_openai_error(refused, 401)["code"] == "invalid_api_key"
+    assert refused.headers["access-control-allow-origin"] == ORIGIN  # so the page can read why
+    answered = cors_app.get("/v1/models", headers={"origin": ORIGIN, "authorization": f"Bearer {KEY}"})
+    assert answered.status_code == 200 and answered.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_cors_is_off_by_default_and_other_origins_get_no_grant(app, cors_app):
+    assert_openai_error(app.options("/v1/chat/completions", headers=PREFLIGHT), 405)
+    assert "access-control-allow-origin" not in app.get("/v1/models", headers={"origin": ORIGIN}).headers
+    other = cors_app.options("/v1/chat/completions", headers={**PREFLIGHT, "origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_serve_refuses_a_cors_origin_that_is_not_one(capsys, tiny_model_dir):
+    assert serve.main(["--model", str(tiny_model_dir), "--cors-origin", "app.example.com"]) == 2
+    assert "--cors-origin must be * or an origin" in capsys.readouterr().err
+
+
+def test_admission_takes_all_of_a_request_s_slots_at_once_first_come_first_served():
+    async def scenario():
+        admission = Admission(max_running=4, max_waiting=2)
+        await admission.enter(3)
+        big = asyncio.create_task(admission.enter(4))  # waits for all four
+        await asyncio.sleep(0)
+        small = asyncio.create_task(admission.enter(1))  # would fit now, but waits its turn behind `big`
+        await asyncio.sleep(0)
+        assert (admission.running, admission.waiting) == (3, 2)
+        with pytest.raises(APIError) as caught:
+            await admission.enter(1)
+        assert caught.value.status == 429
+        admission.leave(3)
+        await big
+        assert (admission.running, admission.waiting, small.done()) == (4, 1, False)
+        admission.leave(4)
+        await small
+        assert (admission.running, admission.waiting) == (1, 0)
+        waiting = asyncio.create_task(admission.enter(4))
+        await asyncio.sleep(0)
+        waiting.cancel()  # a client that leaves the line gives its place up
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        admission.leave(1)
+        assert (admission.running, admission.waiting) == (0, 0)
+
+    asyncio.run(scenario())

@@ -1,0 +1,3 @@
+from belle.generate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""belle.batching: concurrent streams decode together through transformers' continuous batching
+and give what `model.generate` gives; cancel, stop strings, the thread path beside it, the KV bound,
+and the probe that turns batching off."""
+
+import dataclasses
+import logging
+import threading
+import time
+
+import pytest
+import torch
+
+from belle.batching import Batcher, BatchingOptions, start_batcher
+from belle.generation import GenerationParams, load_engine
+
+GREEDY = GenerationParams(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=24)
+TEXTS = ["你好", "请写一首关于春天的长诗，要有押韵。", "What is BELLE?", "北京", "a b c", "今天天气怎么样？", "Hi", "再见"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    engine = load_engine(tiny_model_dir, device="cpu", max_running=8, kv_cache_tokens=2048)
+    assert engine.batching
+    yield engine
+    engine.close()
+
+
+def expected(engine, ids, max_new_tokens=24):
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens,
+                                    eos_token_id=list(engine.eos_token_ids), pad_token_id=engine.tokenizer.pad_token_id)
+    tokens = out[0, len(ids):].tolist()
+    ended = next((i for i, t in enumerate(tokens) if t in engine.eos_token_ids), len(tokens))
+    return engine.tokenizer.decode(tokens[:ended], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_eight_concurrent_streams_equal_generate(engine):
+    prompts = [engine.encode_chat([{"role": "user", "content": t}]) for t in TEXTS]
+    streams = [engine.stream(ids, GREEDY) for ids in prompts]
+    results = [None] * len(streams)
+
+    def read(i):
+        results[i] = streams[i].text()
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(streams))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [expected(engine, ids) for ids in prompts]
+    assert all(s.finish_reason in ("stop", "length") for s in streams)
+    batch = engine.generate_batch(prompts, GREEDY)
+    assert [c.text for c in batch] == results
+    off = dataclasses.replace(engine, batcher=None)
+    assert [c.text for c in off.generate_batch(prompts[:3], GREEDY)] == results[:3]
+
+
+@pytest.mark.slow
+def test_exact_length_and_sampling(engine):
+    ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+    exact = dataclasses.replace(GREEDY, max_new_tokens=30, min_new_tokens=30)
+    stream = engine.stream(ids, exact)
+    stream.text()
+    assert (stream.completion_tokens, stream.finish_reason) == (30, "length")
+    sampling = GenerationParams(temperature=0.8, top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=20)
+    sampled, greedy = engine.stream(ids, sampling), engine.stream(ids, GREEDY)  # two managers, decoding at once
+    assert sampled.text() and sampled.completion_tokens <= 20
+    assert greedy.text() == expected(engine, ids)
+    assert set(engine.batcher._managers) == {False, True}
+
+
+@pytest.mark.slow
+def test_cancel_mid_stream_frees_the_slot(engine):
+    ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+    long = dataclasses.replace(GREEDY, max_new_tokens=1000, min_new_tokens=1000)
+    streams = [engine.stream(ids, long) for _ in range(8)]
+    started = time.monotonic()
+    for stream in streams:
+        pieces = iter(stream)
+        next(pieces)
+        pieces.close()
+    assert all(s.join(timeout=5) for s in streams)
+    assert all(s.finish_reason == "cancelled" and s.completion_tokens < 1000 for s in streams)
+    assert time.monotonic() - started < 10
+    assert engine.stream(ids, GREEDY).text() == expected(engine, ids)  # all 8 slots are free again
+
+
+@pytest.mark.slow
+def test_stop_string_cuts_a_batched_stream(engine):
+    ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+    full = expected(engine, ids, 40)
+    cut = next(i for i in range(8, len(full) - 3) if "\ufffd" not in full[i : i + 3] and full.find(full[i : i + 3]) == i)
+    stream = engine.stream(ids, dataclasses.replace(GREEDY, max_new_tokens=40, stop=(full[cut : cut + 3],)))
+    assert stream.text() == full[:cut]
+    assert stream.finish_reason == "stop" and stream.completion_tokens < 40
+
+
+@pytest.mark.slow
+def test_thread_path_runs_beside_batched_streams(engine):
+    ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+    seeded = GenerationParams(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=16, seed=3)
+    penalized = dataclasses.replace(GREEDY, repetition_penalty=1.3)
+    assert not engine.batcher.accepts(seeded, len(ids)) and not engine.batcher.accepts(penalized, len(ids))
+    batched = [engine.stream(ids, GREEDY) for _ in range(3)]
+    threaded = [engine.stream(ids, seeded), engine.stream(ids, penalized)]
+    assert [s.text() for s in batched] == [expected(engine, ids)] * 3
+    texts = [s.text() for s in threaded]
+    off = dataclasses.replace(engine, batcher=None)
+    assert texts == [off.stream(ids, seeded).text(), off.stream(ids, penalized).text()]
+
+
+@pytest.mark.slow
+def test_kv_bound_is_respected(engine):
+    assert engine.batcher.kv_cache_tokens == 2048
+    cache = engine.batcher.manager.batch_processor
+    assert engine.batcher.memory_bytes < 2**20 * 8
+    ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+    too_long = dataclasses.replace(GREEDY, max_new_tokens=2048)
+    assert not engine.batcher.accepts(too_long, len(ids))  # such a request takes the thread path
+    if cache is not None:
+        assert cache.cache.num_blocks * 256 <= 2048 + 256
+
+
+@pytest.mark.slow
+def test_a_failed_probe_turns_batching_off(engine, caplog, monkeypatch):
+    monkeypatch.setattr(Batcher, "run", lambda self, prompt, params, timeout=120: [0] * 8)
+    with caplog.at_level(logging.INFO, logger="belle.batching"):
+        assert start_batcher(engine.model, engine.tokenizer, engine.eos_token_ids, 2048, BatchingOptions(2, 512)) is None
+    assert "batched decoding is off: the probe failed" in caplog.text and "differ from model.generate" in caplog.text
+
+
+@pytest.mark.slow
+def test_no_batching_option(tiny_model_dir):
+    assert not load_engine(tiny_model_dir, device="cpu", batching=False).batching
+
+
+@pytest.mark.slow
+def test_which_families_batch(tmp_path, caplog):
+    from belle.architectures import FAMILIES
+    from belle.models.tiny import build_tiny_model
+
+    batching = {}
+    for arch in FAMILIES:
+        folder = build_tiny_model(tmp_path / arch, arch=arch)
+        with caplog.at_level(logging.INFO, logger="belle.batching"):
+            engine = load_engine(folder, device="cpu", max_running=2, kv_cache_tokens=512)
+        batching[arch] = engine.batching
+        if engine.batching:
+            ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+            assert engine.stream(ids, GREEDY).text() == expected(engine, ids)
+        engine.close()
+    print("families that batch:", batching)
+    assert batching["llama"] and batching["qwen2"]
+    assert all(on or "batched decoding is off" in caplog.text for on in batching.values())
+
+
+@pytest.mark.slow
+def test_generation_config_settings_the_batcher_would_ignore_turn_it_off(tiny_model_dir, tmp_path, caplog):
+    import shutil
+
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    GenerationConfig(no_repeat_ngram_size=3, eos_token_id=2).save_pretrained(folder)
+    with caplog.at_level(logging.INFO, logger="belle.batching"):
+        engine = load_engine(folder, device="cpu")
+    assert not engine.batching
+    assert "no_repeat_ngram_size" in caplog.text
