@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from math import ceil
@@ -34,6 +35,8 @@ PAGE_SIZE = 256
 NO_TOP_K = 2**30
 """A top-k that keeps every token: the manager clamps it to the vocabulary (its 0 would mean 1)."""
 NO_EOS = [-1]
+FREE_MEMORY_SHARE = 0.3
+"""The most of the free memory each of the two KV caches takes by default."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,28 @@ class BatchingOptions:
     Args:
         max_running: the most requests in one decoding step; more wait for a slot.
         kv_cache_tokens: tokens of KV cache (prompt plus reply, all running requests together), for
-            greedy requests and as much for sampled ones; None: `max_running` x min(context, 2048).
+            greedy requests and as much for sampled ones; None: `max_running` x min(context, 2048),
+            at most FREE_MEMORY_SHARE of the free memory each.
     """
 
     max_running: int = 16
     kv_cache_tokens: int | None = None
 
-    def cache_tokens(self, context_length: int) -> int:
-        return self.kv_cache_tokens or self.max_running * min(context_length, 2048)
+    def cache_tokens(self, context_length: int, bytes_per_token: int, free_bytes: int) -> int:
+        """The cache of each manager, in tokens: `kv_cache_tokens` if set, else `max_running` x
+        min(context, 2048), but at most FREE_MEMORY_SHARE of `free_bytes` (two managers: greedy, sampling)."""
+        if self.kv_cache_tokens:
+            return self.kv_cache_tokens
+        return min(self.max_running * min(context_length, 2048), int(free_bytes * FREE_MEMORY_SHARE) // bytes_per_token)
+
+
+def free_memory_bytes(device: Any) -> int:
+    """Memory free for a KV cache on `device`: the GPU's free memory, or the machine's available RAM."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def kv_bytes_per_token(model: Any) -> int:
@@ -157,9 +174,10 @@ class _Request:
 class Batcher:
     """Continuous batching for one model. `submit` starts a request; `close` stops the managers.
 
-    Each manager has a KV cache of `kv_cache_tokens`; the sampling one exists once a sampled
-    request came. Raises `ValueError` at construction when the model's attention cannot batch
-    without being changed (eager attention would be switched to paged eager for `model.generate` too).
+    Each of the two managers (greedy, sampling) has a KV cache of `kv_cache_tokens`. Raises
+    `ValueError` at construction when the model cannot batch exactly as `model.generate` decodes:
+    eager attention (it would be switched to paged eager for `model.generate` too), generation
+    settings the batcher does not apply, or no room for a cache.
     """
 
     def __init__(self, model: Any, eos_token_ids: frozenset[int], pad_token_id: int | None, context_length: int,
@@ -173,48 +191,56 @@ class Batcher:
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_running = options.max_running
-        self.kv_cache_tokens = options.cache_tokens(context_length)
+        per_token = kv_bytes_per_token(model)
+        self.kv_cache_tokens = options.cache_tokens(context_length, per_token, free_memory_bytes(model.device))
+        if self.kv_cache_tokens < PAGE_SIZE:
+            raise ValueError(f"no room for a KV cache: {self.kv_cache_tokens} tokens fit the free memory")
         self.eos_token_ids = sorted(eos_token_ids)
-        self.memory_bytes = ceil(self.kv_cache_tokens / PAGE_SIZE) * PAGE_SIZE * kv_bytes_per_token(model)
+        self.memory_bytes = 2 * ceil(self.kv_cache_tokens / PAGE_SIZE) * PAGE_SIZE * per_token
         self._ids = itertools.count()
         self._requests: dict[str, _Request] = {}
-        self._managers: dict[bool, Any] = {}  # sampling? -> ContinuousBatchingManager
         self._lock = threading.Lock()
-        self._guard = _ForwardGuard(model)
-        self.manager = self._manager(sampling=False)
+        # A PeftModel hands `generate` and continuous batching to the model it wraps: guard that one.
+        self._guard = _ForwardGuard(getattr(model.init_continuous_batching, "__self__", model))
+        self._managers: dict[bool, Any] = {}  # sampling? -> ContinuousBatchingManager
+        try:
+            for sampling in (False, True):
+                self._managers[sampling] = self._start_manager(sampling)
+        except BaseException:
+            self.close()
+            raise
 
-    def _manager(self, sampling: bool) -> Any:
-        """The greedy or the sampling manager, started on first use."""
+    def _start_manager(self, sampling: bool) -> Any:
+        """A started manager: greedy (argmax of the raw logits), or sampling with per-request
+        temperature, top-k and top-p."""
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
-        with self._lock:
-            if sampling in self._managers:
-                return self._managers[sampling]
-            decoding = (dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.9)  # per request; these make the processors exist
-                        if sampling else dict(do_sample=False))
-            config = GenerationConfig(**decoding, eos_token_id=self.eos_token_ids or NO_EOS, pad_token_id=self.pad_token_id,
-                                      max_new_tokens=512)
-            blocks = ceil(self.kv_cache_tokens / PAGE_SIZE)
-            batching = ContinuousBatchingConfig(
-                per_request_processors=sampling, auto_switch_to_flash=False, page_size=PAGE_SIZE, num_blocks=blocks,
-                allow_block_sharing=False,  # with it, a prompt after a cancelled request of the same prefix decoded garbage
-                max_batch_tokens=min(1024, blocks * PAGE_SIZE), max_requests_per_batch=self.max_running,
-            )
-            manager = self.model.init_continuous_batching(generation_config=config, continuous_batching_config=batching)
-            # Started from a daemon thread, the manager's loop thread is a daemon too (threads inherit it),
-            # so an engine never closed does not hold the interpreter open at exit.
-            starter = threading.Thread(target=manager.start, daemon=True)
-            starter.start()
-            starter.join()
-            self._managers[sampling] = manager
-            return manager
+        decoding = (dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.9)  # per request; these make the processors exist
+                    if sampling else dict(do_sample=False))
+        config = GenerationConfig(**decoding, eos_token_id=self.eos_token_ids or NO_EOS, pad_token_id=self.pad_token_id,
+                                  max_new_tokens=512)
+        blocks = ceil(self.kv_cache_tokens / PAGE_SIZE)
+        batching = ContinuousBatchingConfig(
+            per_request_processors=sampling, auto_switch_to_flash=False, page_size=PAGE_SIZE, num_blocks=blocks,
+            allow_block_sharing=False,  # with it, a prompt after a cancelled request of the same prefix decoded garbage
+            max_batch_tokens=min(1024, blocks * PAGE_SIZE), max_requests_per_batch=self.max_running,
+        )
+        manager = self.model.init_continuous_batching(generation_config=config, continuous_batching_config=batching)
+        # Started from a daemon thread, the manager's loop thread is a daemon too (threads inherit it),
+        # so an engine never closed does not hold the interpreter open at exit.
+        starter = threading.Thread(target=manager.start, daemon=True)
+        starter.start()
+        starter.join()
+        return manager
 
     def accepts(self, params: GenerationParams, prompt_tokens: int) -> bool:
-        """Whether the batcher decodes `params` exactly as `model.generate` would, in a cache that holds it."""
+        """Whether the batcher decodes `params` exactly as `model.generate` would, in a cache that
+        holds it, with its managers running."""
         return (
-            params.repetition_penalty == 1 and params.seed is None and params.logprobs is None
-            and params.min_new_tokens in (0, params.max_new_tokens)
+            params.repetition_penalty == 1 and (params.seed is None or params.temperature == 0)
+            and params.logprobs is None and params.min_new_tokens == 0
             and prompt_tokens + params.max_new_tokens <= self.kv_cache_tokens
+            and all(manager.is_running() for manager in self._managers.values())
         )
 
     def submit(self, prompt_ids: list[int], params: GenerationParams, push: Callable[[int], None],
@@ -224,17 +250,20 @@ class Batcher:
         Returns the function that cancels the request (then `finish(None)` is called at once)."""
         request_id = f"belle-{next(self._ids)}"
         sampled = params.temperature > 0
-        manager = self._manager(sampling=sampled)
+        manager = self._managers[sampled]
         request = _Request(manager, push, finish)
         with self._lock:
             self._requests[request_id] = request
-        with manager.output_router._lock:
-            manager.output_router.result_handlers[request_id] = (lambda output: self._deliver(request_id, request, output), _Inline)
+        router = manager.output_router
+        with router._lock:
+            router.result_handlers[request_id] = (lambda output: self._deliver(request_id, request, output), _Inline)
+        while not router.output_queue.empty():  # every request here has a handler: these are the last outputs
+            router.output_queue.get_nowait()     # of cancelled ones, which came after their handler went
         sampling: dict[str, Any] = (
             {"temperature": float(params.temperature), "top_k": params.top_k or NO_TOP_K, "top_p": float(params.top_p)}
             if sampled else {}
         )
-        eos = NO_EOS if params.min_new_tokens == params.max_new_tokens else (self.eos_token_ids or NO_EOS)
+        eos = NO_EOS if params.ignore_eos else (self.eos_token_ids or NO_EOS)
         added = manager.add_request(list(prompt_ids), request_id=request_id, max_new_tokens=params.max_new_tokens,
                                     streaming=True, eos_token_id=eos, **sampling)
         if added is None:
@@ -243,18 +272,24 @@ class Batcher:
         return lambda: self._cancel(request_id)
 
     def _deliver(self, request_id: str, request: _Request, output: Any) -> None:
+        """Hand a request's new tokens on; runs on the decoding thread, so nothing may escape it."""
         if request.ended:
             return
-        new = output.generated_tokens[request.sent :]
-        request.sent += len(new)
-        for token_id in new:
-            request.push(int(token_id))
-        if output.error is not None:
+        try:
+            new = output.generated_tokens[request.sent :]
+            request.sent += len(new)
+            for token_id in new:
+                request.push(int(token_id))
+            if output.error is not None:
+                self._forget(request_id)
+                request.end(RuntimeError(f"batched decoding failed: {output.error}"))
+            elif output.is_finished():
+                self._forget(request_id)
+                request.end()
+        except Exception:  # a reader that went away; the others decode on
+            logger.exception("handing on the tokens of %s failed; cancelling it", request_id)
+            request.manager.cancel_request(request_id)
             self._forget(request_id)
-            request.end(RuntimeError(f"batched decoding failed: {output.error}"))
-        elif output.is_finished():
-            self._forget(request_id)
-            request.end()
 
     def _forget(self, request_id: str) -> None:
         with self._lock:
@@ -316,14 +351,14 @@ def start_batcher(model: Any, tokenizer: Any, eos_token_ids: frozenset[int], con
     except Exception as error:  # any failure only means the thread path serves every request
         logger.info("batched decoding is off: %s", error)
         return None
-    params = GenerationParams(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=8, min_new_tokens=8)
+    params = GenerationParams(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=8, ignore_eos=True)
     prompt = tokenizer("Hello, 你好")["input_ids"][:16] or [0]
     try:
         batched = batcher.run(prompt, params)
         with torch.inference_mode():
             expected = model.generate(
                 input_ids=torch.tensor([prompt], device=model.device), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=model.device),
-                do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=tokenizer.pad_token_id,
+                do_sample=False, max_new_tokens=8, eos_token_id=[], pad_token_id=tokenizer.pad_token_id,
             )[0, len(prompt) :].tolist()
         if batched != expected:
             raise ValueError(f"its greedy tokens {batched} differ from model.generate's {expected}")
@@ -332,7 +367,7 @@ def start_batcher(model: Any, tokenizer: Any, eos_token_ids: frozenset[int], con
         logger.info("batched decoding is off: the probe failed: %s", error)
         return None
     logger.info(
-        "batched decoding: up to %d requests together, KV cache of %d tokens (%.0f MiB; as much again once a sampled request comes)",
+        "batched decoding: up to %d requests together, two KV caches (greedy, sampling) of %d tokens each, %.0f MiB in all",
         options.max_running, batcher.kv_cache_tokens, batcher.memory_bytes / 2**20,
     )
     return batcher

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, ClassVar, Iterator, Literal, Sequence
 
@@ -29,6 +29,7 @@ FinishReason = Literal["stop", "length", "cancelled"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
+THREAD_STREAMS = 4  # batch-1 `generate` threads running at once over one engine
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class GenerationParams:
         seed: same seed, same reply: sampling draws from a generator of its own (exact, thread-safe).
         logprobs: None: none; 0: each generated token's log-probability; k in 1..MAX_TOP_LOGPROBS:
             also the k most likely tokens at each step.
+        ignore_eos: EOS is a token like any other and the reply runs to `max_new_tokens` (vLLM's
+            `ignore_eos`; benchmarks use it to time replies of a fixed length).
     """
 
     temperature: float = 0.1
@@ -57,6 +60,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         problems = _decoding_problems(self)
@@ -177,7 +181,7 @@ class EngineOptions:
     max_running: int = 16
     """With batching: the most requests decoding together; more wait for a slot."""
     kv_cache_tokens: int | None = None
-    """With batching: KV-cache size in tokens, all running requests together (greedy ones; sampled ones get as much again); default: max_running x min(context, 2048)."""
+    """With batching: KV-cache size in tokens, all running requests together (greedy ones; sampled ones get as much again); default: max_running x min(context, 2048), within 30% of the free memory each."""
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,7 @@ class _Assembler:
         stream.completion_tokens += 1
         if logprob is not None:  # EOS too: OpenAI's and vLLM's logprobs list the end token
             self.pending.append(logprob)
-        if token_id in stream._engine.eos_token_ids:
+        if token_id in stream._engine.eos_token_ids and not stream._params.ignore_eos:
             stream.finish_reason = "stop"
             return None, False
         text, stopped = self.stops.push(self.decoder.push(token_id))
@@ -361,7 +365,8 @@ class TextStream:
     yields the same stream with each piece's token log-probabilities); afterwards `finish_reason`
     and `completion_tokens` are set. `cancel()` (from any thread) ends generation after the
     current token; leaving the iteration early (`break`, `close()`, an exception) cancels too.
-    `on_finish`, if given, is called once generation has ended (in the thread that generated).
+    `on_finish`, if given, is called once generation has ended (in the thread that generated, or,
+    for a batched stream that is cancelled, in the thread that cancelled it).
 
     Tokens come either from a worker thread running `model.generate` (this class is its
     streamer), or from the engine's batcher, which calls `_push` and `_finish`.
@@ -401,14 +406,14 @@ class TextStream:
         engine = self._engine
         try:
             kwargs, processors, self._recorder = _decoding(self._params, 1, engine.model.device)
-            with torch.inference_mode():
+            with engine.thread_slots, torch.inference_mode():
                 engine.model.generate(
                     input_ids=torch.tensor([prompt_ids], device=engine.model.device),
                     attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=engine.model.device),
                     streamer=self,
                     stopping_criteria=StoppingCriteriaList([_CancelCriterion(self._cancelled)]),
                     logits_processor=LogitsProcessorList(processors),
-                    eos_token_id=list(engine.eos_token_ids),
+                    eos_token_id=[] if self._params.ignore_eos else list(engine.eos_token_ids),
                     pad_token_id=engine.tokenizer.pad_token_id,
                     **kwargs,
                 )
@@ -537,6 +542,8 @@ class Engine:
     eos_token_ids: frozenset[int] = frozenset()
     batcher: Any = None
     """The continuous-batching decoder (`belle.batching.Batcher`) when concurrent streams decode together."""
+    thread_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(THREAD_STREAMS))
+    """Streams the batcher does not take run as batch-1 `generate` threads, this many at a time; more wait."""
 
     @property
     def batching(self) -> bool:
@@ -552,7 +559,7 @@ class Engine:
         return GenerationParams(
             temperature=float(config.temperature if config.temperature is not None else 1.0) if sample else 0.0,
             top_p=float(config.top_p or 1.0),
-            top_k=int(config.top_k or 0),
+            top_k=int(config.top_k if config.top_k is not None else 50),  # generate's own default when unset
             repetition_penalty=float(config.repetition_penalty or 1.0),
             max_new_tokens=512,
         )
@@ -619,8 +626,13 @@ class Engine:
         from transformers import LogitsProcessorList
 
         if self.batcher is not None and all(self.batcher.accepts(params, len(ids)) for ids in prompts):
-            streams = [self.stream(ids, params) for ids in prompts]
-            return [Completion(s.text(), s.finish_reason or "length", s.prompt_tokens, s.completion_tokens) for s in streams]
+            streams: list[TextStream] = []
+            try:
+                streams.extend(self.stream(ids, params) for ids in prompts)
+                return [Completion(s.text(), s.finish_reason or "length", s.prompt_tokens, s.completion_tokens) for s in streams]
+            finally:
+                for stream in streams:
+                    stream.cancel()
 
         for ids in prompts:
             self.check_fits(ids, params)
@@ -633,7 +645,8 @@ class Engine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, eos_token_id=list(self.eos_token_ids), pad_token_id=pad,
+                input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad,
+                eos_token_id=[] if params.ignore_eos else list(self.eos_token_ids),
                 logits_processor=LogitsProcessorList(processors), **kwargs,
             )
         return [self._completion(row[width:].tolist(), len(ids), params) for row, ids in zip(output, prompts)]
@@ -641,12 +654,13 @@ class Engine:
     def generate(self, prompt_ids: list[int], params: GenerationParams) -> Completion:
         return self.generate_batch([prompt_ids], params)[0]
 
-    def prompt_logprobs(self, prompts: Sequence[list[int]], top: int = 0, batch_tokens: int = 8192) -> list[list[TokenLogprob | None]]:
+    def prompt_logprobs(self, prompts: Sequence[list[int]], top: int = 0, logits_bytes: int = 2**30) -> list[list[TokenLogprob | None]]:
         """Each prompt token's log-probability given the tokens before it (OpenAI's `echo` with
         `logprobs`), with the `top` most likely at each position.
 
-        Prompts are sorted by length and run in right-padded batches of at most `batch_tokens`
-        tokens (padding included), one forward pass each; log_softmax is taken in float32. Returns,
+        Prompts are sorted by length and run in right-padded batches whose float32 logits (tokens,
+        padding included, x vocabulary) take at most `logits_bytes` (one prompt at least), one
+        forward pass each; log_softmax is taken in float32. Returns,
         per prompt, one entry per token; entry 0 is None (nothing precedes it).
         """
         import torch
@@ -660,9 +674,11 @@ class Engine:
         order = sorted((i for i, ids in enumerate(prompts) if ids), key=lambda i: len(prompts[i]), reverse=True)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = self.model.device
+        batch_tokens = logits_bytes // (4 * self.model.config.get_text_config().vocab_size)
         while order:
             width = len(prompts[order[0]])
-            rows, order = order[: max(1, batch_tokens // width)], order[max(1, batch_tokens // width) :]
+            count = max(1, batch_tokens // width)
+            rows, order = order[:count], order[count:]
             input_ids = torch.tensor([prompts[i] + [pad] * (width - len(prompts[i])) for i in rows], device=device)
             mask = torch.tensor([[1] * len(prompts[i]) + [0] * (width - len(prompts[i])) for i in rows], device=device)
             with torch.inference_mode():
@@ -676,7 +692,8 @@ class Engine:
         return results
 
     def _completion(self, generated: list[int], prompt_tokens: int, params: GenerationParams) -> Completion:
-        ended = next((i for i, token in enumerate(generated) if token in self.eos_token_ids), None)
+        ends = () if params.ignore_eos else self.eos_token_ids
+        ended = next((i for i, token in enumerate(generated) if token in ends), None)
         if ended is not None:
             tokens, count = generated[:ended], ended + 1
         else:

@@ -8,13 +8,13 @@ the peer renders), and every request generates exactly N new tokens greedily. Pa
 folder, prompt and settings:
 
     direct:  model.generate(...) in this process, with a streamer that timestamps every new token
-             (temperature 0, repetition penalty 1, min_new_tokens = max_new_tokens = N);
+             (temperature 0, repetition penalty 1, max_new_tokens = N, no EOS: `eos_token_id=[]`);
     engine:  belle's Engine.stream(prompt_ids, params) in this process (diagnostic, not a goal);
     belle:   `python -m belle serve` in a subprocess, the real `openai` client with stream=True and
              stream_options.include_usage, one keep-alive connection; temperature 0, max_tokens = N,
-             min_tokens = N (EOS suppressed until N), repetition_penalty 1;
+             ignore_eos (vLLM's field: EOS is a token like any other), repetition_penalty 1;
     peer:    `transformers serve DIR --continuous-batching` in a subprocess (an API process and a
-             model process it spawns), the same client and request; it has no min_tokens, so the
+             model process it spawns), the same client and request; it has no ignore_eos, so the
              request sets `generation_config` {"eos_token_id": -1} (no EOS: the batching manager
              then stops only at max_tokens = N). Tokens are counted from `usage` either way.
 
@@ -170,7 +170,7 @@ def call_direct(engine: Any, prompt_ids: list[int], params: Any) -> dict[str, An
             input_ids=torch.tensor([prompt_ids], device=model.device),
             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=model.device),
             streamer=streamer,
-            eos_token_id=list(engine.eos_token_ids),
+            eos_token_id=[],  # ignore_eos: every reply is N tokens
             pad_token_id=engine.tokenizer.pad_token_id,
             **params.generate_kwargs(),
         )
@@ -344,7 +344,7 @@ def belle_server(model_dir: Path, name: str, dtype: str, args: argparse.Namespac
                "--device", args.device, "--dtype", dtype, "--max-concurrent", str(max(args.streams)),
                *batching, *shlex.split(args.belle_args)]
     with launched(command, server_env(args), log, args.server_timeout) as (proc, url):
-        extra = {"min_tokens": args.tokens, "repetition_penalty": 1.0}
+        extra = {"ignore_eos": True, "repetition_penalty": 1.0}
         yield Server("belle", url, proc.pid, name, extra, command)
 
 
@@ -357,7 +357,7 @@ def peer_server(model_dir: Path, dtype: str, args: argparse.Namespace, log: Path
                "--port", "{port}", "--device", args.device, "--dtype", dtype, "--log-level", "warning",
                *kv, *shlex.split(args.peer_args)]
     with launched(command, server_env(args), log, args.server_timeout) as (proc, url):
-        # No min_tokens on this server; an EOS of -1 means none, so the reply stops only at max_tokens.
+        # No ignore_eos on this server; an EOS of -1 means none, so the reply stops only at max_tokens.
         extra = {"generation_config": json.dumps({"eos_token_id": -1})}
         yield Server("peer", url, proc.pid, str(model_dir), extra, command)
 
@@ -546,7 +546,7 @@ def bench_size(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     if list(rendered["input_ids"]) != list(prompt_ids):
         engine.close()
         raise RuntimeError("the model's chat_template and belle's template give different prompt tokens: the servers would not get the same prompt")
-    params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+    params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=args.tokens, ignore_eos=True)
     dtype = str(engine.model.dtype).removeprefix("torch.")
     batching, missing = belle_batching_flags(args)
     print(f"\n== {size}: {shape['parameters'] / 1e6:,.1f}M parameters ({shape['layers']} layers, hidden {shape['hidden']}), "
@@ -698,8 +698,7 @@ def report(size: str, r: dict[str, Any], args: argparse.Namespace) -> None:
     if not r["same_text"]:
         print("note: model.generate, Engine.stream and belle serve did not produce the same text (see the warning above)")
     if not r["peer_same_text"]:
-        print("note: the peer's text differs from model.generate's (it does not suppress EOS, it ignores it: where EOS is the "
-              "most likely token it emits it and goes on)")
+        print("note: the peer's text differs from model.generate's")
     short = {name: m["tokens"] for name, m in s.items() if m["tokens"] != [args.tokens]}
     if short:
         print(f"note: calls generated other than {args.tokens} tokens: {short}")

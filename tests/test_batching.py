@@ -59,7 +59,7 @@ def test_eight_concurrent_streams_equal_generate(engine):
 @pytest.mark.slow
 def test_exact_length_and_sampling(engine):
     ids = engine.encode_chat([{"role": "user", "content": "你好"}])
-    exact = dataclasses.replace(GREEDY, max_new_tokens=30, min_new_tokens=30)
+    exact = dataclasses.replace(GREEDY, max_new_tokens=30, ignore_eos=True)
     stream = engine.stream(ids, exact)
     stream.text()
     assert (stream.completion_tokens, stream.finish_reason) == (30, "length")
@@ -73,7 +73,7 @@ def test_exact_length_and_sampling(engine):
 @pytest.mark.slow
 def test_cancel_mid_stream_frees_the_slot(engine):
     ids = engine.encode_chat([{"role": "user", "content": "你好"}])
-    long = dataclasses.replace(GREEDY, max_new_tokens=1000, min_new_tokens=1000)
+    long = dataclasses.replace(GREEDY, max_new_tokens=1000, ignore_eos=True)
     streams = [engine.stream(ids, long) for _ in range(8)]
     started = time.monotonic()
     for stream in streams:
@@ -102,6 +102,8 @@ def test_thread_path_runs_beside_batched_streams(engine):
     seeded = GenerationParams(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=16, seed=3)
     penalized = dataclasses.replace(GREEDY, repetition_penalty=1.3)
     assert not engine.batcher.accepts(seeded, len(ids)) and not engine.batcher.accepts(penalized, len(ids))
+    assert not engine.batcher.accepts(dataclasses.replace(GREEDY, min_new_tokens=4), len(ids))  # generate holds EOS back
+    assert engine.batcher.accepts(dataclasses.replace(GREEDY, seed=1234), len(ids))  # greedy: a seed changes nothing
     batched = [engine.stream(ids, GREEDY) for _ in range(3)]
     threaded = [engine.stream(ids, seeded), engine.stream(ids, penalized)]
     assert [s.text() for s in batched] == [expected(engine, ids)] * 3
@@ -113,7 +115,7 @@ def test_thread_path_runs_beside_batched_streams(engine):
 @pytest.mark.slow
 def test_kv_bound_is_respected(engine):
     assert engine.batcher.kv_cache_tokens == 2048
-    cache = engine.batcher.manager.batch_processor
+    cache = engine.batcher._managers[False].batch_processor
     assert engine.batcher.memory_bytes < 2**20 * 8
     ids = engine.encode_chat([{"role": "user", "content": "你好"}])
     too_long = dataclasses.replace(GREEDY, max_new_tokens=2048)

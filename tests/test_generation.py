@@ -161,6 +161,18 @@ def test_lora_adapter_folder_loads_on_its_base(tiny_model_dir, tiny_engine, tmp_
         lora_logits = engine.model(ids).logits
         base_logits = tiny_engine.model(ids).logits
     assert not torch.allclose(lora_logits, base_logits)
+    # Batched replies decode through the adapter, beside a thread-path one, as `generate` would.
+    assert engine.batching
+    greedy = GenerationParams(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=16)
+    streams = [engine.stream(prompt(engine), greedy) for _ in range(3)]
+    threaded = engine.stream(prompt(engine), dataclasses.replace(greedy, logprobs=0))
+    with torch.inference_mode():
+        expected = engine.model.generate(ids, do_sample=False, max_new_tokens=16, eos_token_id=list(engine.eos_token_ids),
+                                         pad_token_id=engine.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+    ended = next((i for i, t in enumerate(expected) if t in engine.eos_token_ids), len(expected))
+    text = engine.tokenizer.decode(expected[:ended], skip_special_tokens=True)
+    assert [s.text() for s in streams] + [threaded.text()] == [text] * 4
+    engine.close()
 
     config["base_model_name_or_path"] = str(tmp_path / "moved")
     (adapter / "adapter_config.json").write_text(json.dumps(config))
@@ -224,10 +236,12 @@ def test_default_params_come_from_the_generation_config(tiny_engine):
     params = tiny_engine.default_params
     assert params.max_new_tokens == 512
     assert params.temperature == (config.temperature if config.do_sample else 0)
-    assert params.top_k == (config.top_k or 0) and params.top_p == (config.top_p or 1.0)
+    assert params.top_k == (50 if config.top_k is None else config.top_k) and params.top_p == (config.top_p or 1.0)
     assert params.repetition_penalty == (config.repetition_penalty or 1.0)
     sampled = dataclasses.replace(tiny_engine, model=_WithConfig(tiny_engine.model, do_sample=True, temperature=0.6, top_p=None, top_k=0))
     assert (sampled.default_params.temperature, sampled.default_params.top_p, sampled.default_params.top_k) == (0.6, 1.0, 0)
+    unset = dataclasses.replace(tiny_engine, model=_WithConfig(tiny_engine.model, do_sample=True))
+    assert unset.default_params.top_k == 50  # what generate samples with when top_k is unset
 
 
 class _WithConfig:
@@ -300,7 +314,7 @@ def test_logprobs_are_the_raw_distribution(tiny_engine, tokenizer):
 @pytest.mark.slow
 def test_prompt_logprobs_equal_unpadded_forward(tiny_engine):
     prompts = [prompt(tiny_engine, text) for text in ("你好", "请写一首关于春天的长诗，要有押韵。", "What is BELLE?")]
-    results = tiny_engine.prompt_logprobs(prompts, top=2, batch_tokens=64)
+    results = tiny_engine.prompt_logprobs(prompts, top=2, logits_bytes=64 * 4 * tiny_engine.model.config.vocab_size)
     for ids, entries in zip(prompts, results):
         assert len(entries) == len(ids) and entries[0] is None
         with torch.no_grad():

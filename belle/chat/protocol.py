@@ -1,7 +1,7 @@
 """The OpenAI wire format: request bodies as pydantic models, and the JSON the server sends back.
 
-Beyond OpenAI's fields, requests may carry `top_k`, `repetition_penalty` and `min_tokens`, as
-vLLM accepts them. Fields that would change the result but are not supported (penalties,
+Beyond OpenAI's fields, requests may carry `top_k`, `repetition_penalty`, `min_tokens` and
+`ignore_eos`, as vLLM accepts them. Fields that would change the result but are not supported (penalties,
 `logit_bias`, tools, a JSON `response_format`, `suffix`, `best_of`) are refused with a 400 naming
 the field, never ignored.
 
@@ -70,6 +70,7 @@ class SamplingRequest(BaseModel):
     top_k: int | None = Field(None, ge=0, le=MAX_COUNT)
     repetition_penalty: float | None = Field(None, gt=0)
     min_tokens: int | None = Field(None, ge=0, le=MAX_COUNT)
+    ignore_eos: bool = False
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -251,8 +252,8 @@ def chat_logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
 
 class LegacyLogprobs:
     """`choices[i].logprobs` of `/v1/completions`: `tokens`, `token_logprobs`, `top_logprobs` (one
-    `{token: logprob}` per position, the most likely first; a token text that two ids share keeps the
-    likelier) and `text_offset`, each token's offset in characters into the choice's text (the sum of
+    `{token: logprob}` per position, the most likely first, then the chosen token if it is not among
+    them; a token text that two ids share keeps the likelier) and `text_offset`, each token's offset in characters into the choice's text (the sum of
     the token texts before it). `take()` returns what was added since the last call: a stream chunk's part."""
 
     def __init__(self) -> None:
@@ -266,6 +267,7 @@ class LegacyLogprobs:
             best = {}
             for _, text, lp in top:
                 best.setdefault(text, lp)
+            best.setdefault(token, logprob)  # the chosen token is always listed, as OpenAI and vLLM do (k + 1 at most)
         for key, value in zip(self._parts, (token, logprob, best, self.offset)):
             self._parts[key].append(value)
         self.offset += len(token)

@@ -452,7 +452,7 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
             params = replace(
                 defaults, **{key: value for key, value in chosen.items() if value is not None},
                 max_new_tokens=max_tokens, min_new_tokens=min(body.min_tokens or 0, max_tokens),
-                stop=tuple(stop), seed=body.seed, logprobs=logprobs,
+                stop=tuple(stop), seed=body.seed, logprobs=logprobs, ignore_eos=body.ignore_eos,
             )
             engine.check_fits(prompt_ids, params)
         except PromptTooLong as e:

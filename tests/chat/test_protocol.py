@@ -252,5 +252,5 @@ def test_legacy_logprobs_put_the_prompt_first_and_count_offsets_in_characters():
     assert first == {"tokens": ["北", "京"], "token_logprobs": [None, -0.5], "top_logprobs": [None, {"京": -0.5, "北": -1.5}],
                      "text_offset": [0, 1]}
     legacy.add_generated([TokenLogprob(9, "ab", -2.0, ((9, "x", -1.0), (10, "x", -1.2)))])
-    assert legacy.take() == {"tokens": ["ab"], "token_logprobs": [-2.0], "top_logprobs": [{"x": -1.0}], "text_offset": [2]}
+    assert legacy.take() == {"tokens": ["ab"], "token_logprobs": [-2.0], "top_logprobs": [{"x": -1.0, "ab": -2.0}], "text_offset": [2]}
     assert legacy.take() == {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
