@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from math import ceil
 from typing import TYPE_CHECKING, Any, Callable
@@ -171,6 +172,16 @@ class _Request:
         self.finish(error)
 
 
+_OPEN: weakref.WeakSet[Batcher] = weakref.WeakSet()
+
+
+def open_batchers() -> list[Batcher]:
+    """Every batcher not closed yet. Each holds its model, its KV caches and two threads (idle, each
+    wakes 10 times a second) until `close()`: a process that loads engines and drops them (a test
+    session) closes them here."""
+    return list(_OPEN)
+
+
 class Batcher:
     """Continuous batching for one model. `submit` starts a request; `close` stops the managers.
 
@@ -209,6 +220,7 @@ class Batcher:
         except BaseException:
             self.close()
             raise
+        _OPEN.add(self)
 
     def _start_manager(self, sampling: bool) -> Any:
         """A started manager: greedy (argmax of the raw logits), or sampling with per-request
@@ -336,6 +348,7 @@ class Batcher:
         for manager in self._managers.values():
             manager.stop(block=True, timeout=10)
         self._guard.remove()
+        _OPEN.discard(self)
 
 
 def start_batcher(model: Any, tokenizer: Any, eos_token_ids: frozenset[int], context_length: int,

@@ -57,6 +57,19 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return run_module("belle", *args, cwd=cwd)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def close_batchers_after_the_module():
+    """Engines a module loads keep their batcher's threads and KV caches until closed: close the
+    ones opened during the module (an engine still works closed, on the thread path)."""
+    from belle.batching import open_batchers
+
+    before = set(map(id, open_batchers()))
+    yield
+    for batcher in open_batchers():
+        if id(batcher) not in before:
+            batcher.close()
+
+
 @pytest.fixture(scope="session")
 def belle_cli():
     """`belle_cli("data", "convert", ...)` runs the CLI in a subprocess and returns the CompletedProcess."""
