@@ -359,6 +359,9 @@ def start_batcher(model: Any, tokenizer: Any, eos_token_ids: frozenset[int], con
 
     from belle.generation import GenerationParams
 
+    chatter = logging.getLogger("ContinuousBatchingLogger")  # transformers' own: INFO lines on stderr, beside the chat
+    if chatter.level == logging.NOTSET:
+        chatter.setLevel(logging.WARNING)
     try:
         batcher = Batcher(model, eos_token_ids, tokenizer.pad_token_id, context_length, options)
     except Exception as error:  # any failure only means the thread path serves every request

@@ -170,3 +170,9 @@ def test_generation_config_settings_the_batcher_would_ignore_turn_it_off(tiny_mo
         engine = load_engine(folder, device="cpu")
     assert not engine.batching
     assert "no_repeat_ngram_size" in caplog.text
+
+
+@pytest.mark.slow
+def test_transformers_batching_chatter_stays_off_the_terminal(engine):
+    """transformers logs every cache allocation at INFO on stderr, where a terminal chat shows it."""
+    assert logging.getLogger("ContinuousBatchingLogger").getEffectiveLevel() >= logging.WARNING
