@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from belle.records import DataError, Rejection, iter_json_records
+from belle.records import DataError, Rejection, bad_records, iter_json_records
 
 CLASSES: tuple[str, ...] = (
     "open qa", "brainstorming", "rewrite", "generation", "math",
@@ -29,7 +29,6 @@ CLASSES: tuple[str, ...] = (
 OTHERS: tuple[str, ...] = ("math", "code")
 
 # At most this many problems are listed in one DataError; the rest are counted.
-MAX_LISTED_ERRORS = 20
 
 _SPACES = re.compile(r"\s+")  # str patterns match every Unicode space, U+00A0 included
 
@@ -116,10 +115,7 @@ def read_eval_records(path: Path, extra: Callable[[dict[str, Any]], list[tuple[s
         seen[item_id] = line
         records.append((EvalItem(id=item_id, turns=turns, std_answer=std_answer, klass=klass), record))
     if errors:
-        listed = errors[:MAX_LISTED_ERRORS]
-        if len(errors) > len(listed):
-            listed.append(f"... and {len(errors) - len(listed)} more")
-        raise DataError(f"{len(errors)} bad eval record(s):\n" + "\n".join(listed))
+        raise bad_records(errors, "eval")
     if not records:
         raise DataError(f"{path}: no eval items")
     return records

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from belle.conversation import SPEAKER_ROLES, detect_format, record_to_messages
-from belle.records import DataError, Rejection, iter_json_records
+from belle.records import DataError, Rejection, bad_records, iter_json_records
 
-MAX_LISTED_ERRORS = 20
 _PLACEHOLDER = "(reply)"  # stands in for the reply a record asks for, so the readers see a whole exchange
 
 
@@ -51,7 +50,7 @@ class _FieldError(Exception):
 def read_prompts(path: Path, system: str = "") -> list[PromptItem]:
     """Every prompt of `path` (JSON lines or a JSON array), in file order; `system` is the system
     prompt of chat items that have none. Raises `DataError` listing every bad record (at most
-    `MAX_LISTED_ERRORS`, then a count) and for a file with no records."""
+    `belle.records.MAX_LISTED_ERRORS`, then a count) and for a file with no records."""
     items: list[PromptItem] = []
     errors: list[str] = []
     seen: dict[str, int] = {}  # id -> line it is on
@@ -72,10 +71,7 @@ def read_prompts(path: Path, system: str = "") -> list[PromptItem]:
         seen[item.id] = line
         items.append(item)
     if errors:
-        listed = errors[:MAX_LISTED_ERRORS]
-        if len(errors) > len(listed):
-            listed.append(f"... and {len(errors) - len(listed)} more")
-        raise DataError(f"{len(errors)} bad prompt record(s):\n" + "\n".join(listed))
+        raise bad_records(errors, "prompt")
     if not items:
         raise DataError(f"{path}: no prompts")
     return items

@@ -13,7 +13,7 @@ Parsing a record into messages is `belle.conversation`'s job, on top of these.
 """
 
 from belle.records.encoding import file_encoding
-from belle.records.errors import DataError, EncodingProblem, RejectReport, Rejection, not_utf8
+from belle.records.errors import MAX_LISTED_ERRORS, DataError, EncodingProblem, RejectReport, Rejection, bad_records, not_utf8
 from belle.records.jsonl import append, numbered_records, open_append, resume_records
 from belle.records.reading import iter_json_records, read_json_object
 from belle.records.sources import DATA_SUFFIXES, as_source_list, is_saved_dataset, iter_source_records, list_data_files
@@ -21,6 +21,7 @@ from belle.records.writing import SHOWN_REJECTS, atomic_output, report_rejects, 
 
 __all__ = [
     "DATA_SUFFIXES",
+    "MAX_LISTED_ERRORS",
     "SHOWN_REJECTS",
     "DataError",
     "EncodingProblem",
@@ -29,6 +30,7 @@ __all__ = [
     "append",
     "as_source_list",
     "atomic_output",
+    "bad_records",
     "file_encoding",
     "is_saved_dataset",
     "iter_json_records",

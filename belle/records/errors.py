@@ -6,8 +6,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+MAX_LISTED_ERRORS = 20
+
+
 class DataError(ValueError):
     """A record that cannot be used; the message is `file:line: reason: detail`."""
+
+
+def bad_records(errors: list[str], what: str) -> DataError:
+    """One error for every bad record of a file: "N bad WHAT record(s):", then the first
+    MAX_LISTED_ERRORS lines (`file:line: field: why`) and a count of the rest."""
+    listed = errors[:MAX_LISTED_ERRORS]
+    if len(errors) > len(listed):
+        listed.append(f"... and {len(errors) - len(listed)} more")
+    return DataError(f"{len(errors)} bad {what} record(s):\n" + "\n".join(listed))
 
 
 class Rejection(Exception):
