@@ -12,6 +12,7 @@ ends its generation. Text from a request reaches the log only through `loggable`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -413,6 +414,11 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
         stream per choice, and answer whole or streamed."""
         await admission.enter(job.choices)
         loop = asyncio.get_running_loop()
+
+        def leave() -> None:  # called by the thread that generated
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server is shutting down
+                loop.call_soon_threadsafe(admission.leave)
+
         streams: list[TextStream] = []
         try:
             scored = None
@@ -421,7 +427,7 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
             for ids, params in zip(job.prompts, job.params or []):
                 for j in range(job.n):
                     seeded = replace(params, seed=None if body.seed is None else body.seed + j)
-                    streams.append(engine.stream(ids, seeded, on_finish=lambda: loop.call_soon_threadsafe(admission.leave)))
+                    streams.append(engine.stream(ids, seeded, on_finish=leave))
         except BaseException:
             for stream in streams:
                 stream.cancel()
