@@ -12,7 +12,8 @@ top-p, built once from a generation config that makes all three exist) take thei
 request; those processors cost about a third of a small model's decoding step, which is why
 greedy requests, the common case of evaluations and benchmarks, do not pass through them.
 Requests neither can serve exactly as `model.generate` would (a repetition penalty, a seed,
-logprobs, a minimum length below the maximum) take the engine's thread path.
+logprobs, a minimum length below the maximum) take the engine's thread path, and so does a request
+alone (`belle.generation.Engine`), until another arrives.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ NO_TOP_K = 2**30
 NO_EOS = [-1]
 FREE_MEMORY_SHARE = 0.3
 """The most of the free memory each of the two KV caches takes by default."""
+GQA_IN_SDPA = "TRANSFORMERS_SDPA_FORCE_GQA"
+"""transformers' switch for grouped-query attention inside `scaled_dot_product_attention` when a
+mask is given (it repeats the key/value heads otherwise). A batched step always has a mask; on CPU,
+where torch's kernel takes both, that made 8 streams of the 81M benchmark model about 10% faster.
+On CUDA a mask with GQA falls back to the math kernel, so it stays off there."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,12 @@ class Batcher:
             and all(manager.is_running() for manager in self._managers.values())
         )
 
+    @property
+    def idle(self) -> bool:
+        """No request is decoding or waiting."""
+        with self._lock:
+            return not self._requests
+
     def submit(self, prompt_ids: list[int], params: GenerationParams, push: Callable[[int], None],
                finish: Callable[[BaseException | None], None]) -> Callable[[], None]:
         """Start decoding `prompt_ids`: `push(token_id)` for each new token (EOS included), then
@@ -359,6 +371,8 @@ def start_batcher(model: Any, tokenizer: Any, eos_token_ids: frozenset[int], con
 
     from belle.generation import GenerationParams
 
+    if model.device.type == "cpu":
+        os.environ.setdefault(GQA_IN_SDPA, "1")  # a user's own setting stands
     chatter = logging.getLogger("ContinuousBatchingLogger")  # transformers' own: INFO lines on stderr, beside the chat
     if chatter.level == logging.NOTSET:
         chatter.setLevel(logging.WARNING)

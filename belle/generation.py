@@ -2,18 +2,21 @@
 streamed token by token with a working stop, or in left-padded batches.
 
 The web chat, the terminal chat, the OpenAI-compatible server and eval's answer generation all
-use it. A stream runs `model.generate` in a worker thread that hands token ids to the caller
-through a queue; the caller turns them into text (`belle.streaming`). Cancelling a stream (the
-Stop button, a client that disconnects, a stop string that appeared) sets an event that a
-stopping criterion checks after every token, so generation really ends.
+use it. Concurrent streams decode together in the engine's batcher (`belle.batching`); a stream
+alone, and one the batcher cannot decode exactly, runs `model.generate` in a worker thread. Either
+hands token ids to the caller through a queue; the caller turns them into text
+(`belle.streaming`). Cancelling a stream (the Stop button, a client that disconnects, a stop string
+that appeared) ends its generation after the current token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, ClassVar, Iterator, Literal, Sequence
@@ -236,6 +239,15 @@ class _CancelCriterion:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+@contextmanager
+def _held(semaphore: threading.BoundedSemaphore) -> Iterator[None]:
+    """Release on exit a semaphore acquired before."""
+    try:
+        yield
+    finally:
+        semaphore.release()
+
+
 class _LogprobRecorder:
     """A logits processor that keeps `log_softmax` of the scores it is handed, (batch, vocab) float32,
     and passes them on unchanged. Placed first, it sees the model's raw distribution."""
@@ -386,8 +398,14 @@ class TextStream:
         self._on_cancel: Callable[[], None] | None = None
         self._wakeup: Callable[[], None] | None = None
         self._recorder: _LogprobRecorder | None = None
+        self._handoff: threading.Event | None = None  # set: a lone stream moves into the batcher
+        self._generated: list[int] = []  # a lone stream's tokens so far, for the move
 
-    def _start_thread(self, prompt_ids: list[int]) -> None:
+    def _start_thread(self, prompt_ids: list[int], alone: bool = False) -> None:
+        """Generate on a new thread; `alone`: the engine's lone stream, which holds a thread slot
+        already and moves into the batcher once `_handoff` is set (`Engine._claim_alone`)."""
+        if alone:
+            self._handoff = threading.Event()
         threading.Thread(target=self._generate, args=(prompt_ids,), daemon=True, name="belle-generate").start()
 
     def cancel(self) -> None:
@@ -404,23 +422,44 @@ class TextStream:
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         engine = self._engine
+        alone = self._handoff is not None
+        moved = False
         try:
             kwargs, processors, self._recorder = _decoding(self._params, 1, engine.model.device)
-            with engine.thread_slots, torch.inference_mode():
+            criteria = [_CancelCriterion(event) for event in (self._cancelled, self._handoff) if event is not None]
+            with _held(engine.thread_slots) if alone else engine.thread_slots, torch.inference_mode():
                 engine.model.generate(
                     input_ids=torch.tensor([prompt_ids], device=engine.model.device),
                     attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=engine.model.device),
                     streamer=self,
-                    stopping_criteria=StoppingCriteriaList([_CancelCriterion(self._cancelled)]),
+                    stopping_criteria=StoppingCriteriaList(criteria),
                     logits_processor=LogitsProcessorList(processors),
                     eos_token_id=[] if self._params.ignore_eos else list(engine.eos_token_ids),
                     pad_token_id=engine.tokenizer.pad_token_id,
                     **kwargs,
                 )
+            moved = alone and self._move_to_batcher(prompt_ids)
         except BaseException as error:  # handed to the caller, which raises it
             self._tokens.put(error)
         finally:
-            self._finish()
+            if alone:
+                engine._release_alone(self)
+            if not moved:
+                self._finish()
+
+    def _move_to_batcher(self, prompt_ids: list[int]) -> bool:
+        """After a lone stream's `generate` stopped for `_handoff`: decode the rest of the reply in
+        the batcher, from the prompt and the tokens so far. False when the reply had ended anyway."""
+        params, generated = self._params, self._generated
+        if not self._handoff.is_set() or self._cancelled.is_set() or len(generated) >= params.max_new_tokens:
+            return False
+        if generated and not params.ignore_eos and generated[-1] in self._engine.eos_token_ids:
+            return False
+        rest = replace(params, max_new_tokens=params.max_new_tokens - len(generated))
+        self._on_cancel = self._engine.batcher.submit(prompt_ids + generated, rest, self._push, self._finish)
+        if self._cancelled.is_set():  # cancelled before `_on_cancel` was there to call
+            self._on_cancel()
+        return True
 
     def _push(self, token_id: int, logprob: TokenLogprob | None = None) -> None:
         self._tokens.put((token_id, logprob))
@@ -450,6 +489,8 @@ class TextStream:
             self._prompt_seen = True
             return
         token_id = int(value.reshape(-1)[0])
+        if self._handoff is not None:
+            self._generated.append(token_id)
         logprob = None
         if self._recorder is not None and self._params.logprobs is not None:
             logprob = _token_logprob(self._engine.tokenizer, token_id, self._recorder.last[0], self._params.logprobs)
@@ -544,6 +585,8 @@ class Engine:
     """The continuous-batching decoder (`belle.batching.Batcher`) when concurrent streams decode together."""
     thread_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(THREAD_STREAMS))
     """Streams the batcher does not take run as batch-1 `generate` threads, this many at a time; more wait."""
+    _alone: TextStream | None = field(default=None, init=False, repr=False)
+    _alone_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def batching(self) -> bool:
@@ -604,13 +647,38 @@ class Engine:
 
     def stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None) -> TextStream:
         """Start generating a reply to `prompt_ids`; iterate the result for text deltas."""
+        return self._stream(prompt_ids, params, on_finish)
+
+    def _stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None,
+                may_run_alone: bool = True) -> TextStream:
         self.check_fits(prompt_ids, params)
         stream = TextStream(self, prompt_ids, params, on_finish)
-        if self.batcher is not None and self.batcher.accepts(params, len(prompt_ids)):
-            stream._on_cancel = self.batcher.submit(prompt_ids, params, stream._push, stream._finish)
-        else:
+        if self.batcher is None or not self.batcher.accepts(params, len(prompt_ids)):
             stream._start_thread(prompt_ids)
+        elif may_run_alone and self._claim_alone(stream):
+            stream._start_thread(prompt_ids, alone=True)
+        else:
+            stream._on_cancel = self.batcher.submit(prompt_ids, params, stream._push, stream._finish)
         return stream
+
+    def _claim_alone(self, stream: TextStream) -> bool:
+        """Whether `stream` runs alone on a `generate` thread: true when nothing is batched, no other
+        stream runs alone, and a thread slot is free. `generate` decodes one reply faster than a
+        batch of one (on CPU about a tenth), so a lone chat stays there until a request the batcher
+        would take arrives: that request moves the lone stream into the batcher after its next token."""
+        with self._alone_lock:
+            alone = self._alone
+            if alone is None and self.batcher.idle and self.thread_slots.acquire(blocking=False):
+                self._alone = stream
+                return True
+        if alone is not None:
+            alone._handoff.set()
+        return False
+
+    def _release_alone(self, stream: TextStream) -> None:
+        with self._alone_lock:
+            if self._alone is stream:
+                self._alone = None
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> TextStream:
         """Stream a reply to a history, leaving out the oldest exchanges if it is too long."""
@@ -626,13 +694,8 @@ class Engine:
         from transformers import LogitsProcessorList
 
         if self.batcher is not None and all(self.batcher.accepts(params, len(ids)) for ids in prompts):
-            streams: list[TextStream] = []
-            try:
-                streams.extend(self.stream(ids, params) for ids in prompts)
-                return [Completion(s.text(), s.finish_reason or "length", s.prompt_tokens, s.completion_tokens) for s in streams]
-            finally:
-                for stream in streams:
-                    stream.cancel()
+            replies = dict(self.generate_all(prompts, params, window=len(prompts)))
+            return [replies[index] for index in range(len(prompts))]
 
         for ids in prompts:
             self.check_fits(ids, params)
@@ -653,6 +716,45 @@ class Engine:
 
     def generate(self, prompt_ids: list[int], params: GenerationParams) -> Completion:
         return self.generate_batch([prompt_ids], params)[0]
+
+    def generate_all(self, prompts: Sequence[list[int]], params: GenerationParams, window: int) -> Iterator[tuple[int, Completion]]:
+        """(index into `prompts`, reply) for every prompt, as each is done. Through the batcher,
+        `window` replies decode at once and a finished reply's place goes to the next prompt at once;
+        otherwise `generate_batch` answers `window` prompts at a time, in order. Closing the
+        iterator early cancels the replies in flight."""
+        if self.batcher is None or not all(self.batcher.accepts(params, len(ids)) for ids in prompts):
+            for first in range(0, len(prompts), window):
+                yield from enumerate(self.generate_batch(prompts[first : first + window], params), first)
+            return
+        finished: queue.SimpleQueue[tuple[int, str | BaseException]] = queue.SimpleQueue()
+        running: dict[int, TextStream] = {}
+        upcoming = iter(range(len(prompts)))
+
+        def start(index: int) -> None:
+            stream = running[index] = self._stream(prompts[index], params, may_run_alone=len(prompts) == 1)
+
+            def read() -> None:  # a reader per reply, so that a stop string ends its decoding at once
+                try:
+                    finished.put((index, stream.text()))
+                except BaseException as error:  # raised again in the caller
+                    finished.put((index, error))
+
+            threading.Thread(target=read, daemon=True, name="belle-read").start()
+
+        try:
+            for index in itertools.islice(upcoming, window):
+                start(index)
+            while running:
+                index, text = finished.get()
+                stream = running.pop(index)
+                if isinstance(text, BaseException):
+                    raise text
+                for after in itertools.islice(upcoming, 1):
+                    start(after)
+                yield index, Completion(text, stream.finish_reason or "length", stream.prompt_tokens, stream.completion_tokens)
+        finally:
+            for stream in running.values():
+                stream.cancel()
 
     def prompt_logprobs(self, prompts: Sequence[list[int]], top: int = 0, logits_bytes: int = 2**30) -> list[list[TokenLogprob | None]]:
         """Each prompt token's log-probability given the tokens before it (OpenAI's `echo` with

@@ -1,16 +1,17 @@
 """belle.batching: concurrent streams decode together through transformers' continuous batching
-and give what `model.generate` gives; cancel, stop strings, the thread path beside it, the KV bound,
-and the probe that turns batching off."""
+and give what `model.generate` gives; a lone stream on `generate` that moves into the batcher,
+cancel, stop strings, the thread path beside it, the KV bound, and the probe that turns batching off."""
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 
 import pytest
 import torch
 
-from belle.batching import Batcher, BatchingOptions, start_batcher
+from belle.batching import GQA_IN_SDPA, Batcher, BatchingOptions, start_batcher
 from belle.generation import GenerationParams, load_engine
 
 GREEDY = GenerationParams(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=24)
@@ -84,6 +85,95 @@ def test_cancel_mid_stream_frees_the_slot(engine):
     assert all(s.finish_reason == "cancelled" and s.completion_tokens < 1000 for s in streams)
     assert time.monotonic() - started < 10
     assert engine.stream(ids, GREEDY).text() == expected(engine, ids)  # all 8 slots are free again
+
+
+def raw_greedy(engine, ids, max_new_tokens):
+    """`model.generate`'s greedy tokens with no EOS: exactly `max_new_tokens` of them."""
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens,
+                                    eos_token_id=[], pad_token_id=engine.tokenizer.pad_token_id)
+    return engine.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_a_lone_stream_decodes_on_generate_and_moves_into_the_batcher_when_another_arrives(engine, monkeypatch):
+    submitted = []
+    submit = engine.batcher.submit
+    monkeypatch.setattr(engine.batcher, "submit", lambda ids, params, push, finish: submitted.append((list(ids), params.max_new_tokens)) or submit(ids, params, push, finish))
+    first = engine.encode_chat([{"role": "user", "content": "你好"}])
+    second = engine.encode_chat([{"role": "user", "content": "What is BELLE?"}])
+    long = dataclasses.replace(GREEDY, max_new_tokens=60, ignore_eos=True)
+    alone = engine.stream(first, long)
+    assert engine._alone is alone and not submitted  # nothing batched: it runs on `generate`
+    pieces = alone.pieces()
+    head = [next(pieces).text for _ in range(3)]
+    joined = engine.stream(second, GREEDY)
+    rest = "".join(p.text for p in pieces)
+    assert "".join(head) + rest == raw_greedy(engine, first, 60)  # nothing lost or repeated in the move
+    assert (alone.completion_tokens, alone.finish_reason) == (60, "length")
+    assert joined.text() == expected(engine, second)
+    moved = [(len(ids) - len(first), rest) for ids, rest in submitted if ids[: len(first)] == first]
+    assert len(moved) == 1 and moved[0][0] >= 3 and sum(moved[0]) == 60  # prompt + tokens so far; the rest to go
+    assert engine._alone is None and engine.batcher.idle
+    again = engine.stream(first, dataclasses.replace(GREEDY, max_new_tokens=5, ignore_eos=True))
+    assert engine._alone is again  # free again: the next lone request runs alone
+    again.text()
+    assert engine._alone is None
+
+
+@pytest.mark.slow
+def test_a_lone_stream_cancelled_or_batched_in_bulk_does_not_move(engine, monkeypatch):
+    ids = engine.encode_chat([{"role": "user", "content": "你好"}])
+    long = dataclasses.replace(GREEDY, max_new_tokens=1000, ignore_eos=True)
+    alone = engine.stream(ids, long)
+    pieces = iter(alone)
+    next(pieces)
+    pieces.close()
+    assert alone.join(timeout=5) and alone.finish_reason == "cancelled"
+    assert engine._alone is None and engine.batcher.idle
+    submitted = []
+    submit = engine.batcher.submit
+    monkeypatch.setattr(engine.batcher, "submit", lambda ids, params, push, finish: submitted.append(len(ids)) or submit(ids, params, push, finish))
+    prompts = [engine.encode_chat([{"role": "user", "content": t}]) for t in TEXTS[:3]]
+    assert [c.text for c in engine.generate_batch(prompts, GREEDY)] == [expected(engine, p) for p in prompts]
+    assert submitted == [len(p) for p in prompts]  # a batch goes to the batcher whole, none alone first
+
+
+@pytest.mark.slow
+def test_generate_all_keeps_a_window_of_replies_decoding(engine, monkeypatch):
+    in_flight, most = [0], [0]
+    submit = engine.batcher.submit
+
+    def counted(ids, params, push, finish):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+
+        def finished(error=None):
+            in_flight[0] -= 1
+            finish(error)
+
+        return submit(ids, params, push, finished)
+
+    monkeypatch.setattr(engine.batcher, "submit", counted)
+    prompts = [engine.encode_chat([{"role": "user", "content": t}]) for t in TEXTS[:5]]
+    replies = list(engine.generate_all(prompts, GREEDY, window=2))
+    assert sorted(index for index, _ in replies) == list(range(5))
+    assert {index: c.text for index, c in replies} == {i: expected(engine, p) for i, p in enumerate(prompts)}
+    assert most[0] == 2
+    off = dataclasses.replace(engine, batcher=None)
+    assert [(i, c.text) for i, c in off.generate_all(prompts, GREEDY, window=2)] == [(i, c.text) for i, c in sorted(replies, key=lambda r: r[0])]
+    started = []
+    stream = engine._stream
+    monkeypatch.setattr(engine, "_stream", lambda *a, **k: started.append(stream(*a, **k)) or started[-1])
+    replies = engine.generate_all(prompts[:3], dataclasses.replace(GREEDY, max_new_tokens=200, ignore_eos=True), window=2)
+    next(replies)  # the first two finish together; the third takes the first one's place
+    replies.close()
+    assert len(started) == 3 and all(s.join(timeout=5) for s in started)
+    deadline = time.monotonic() + 5
+    while started[2].finish_reason is None and time.monotonic() < deadline:  # its reader thread settles it
+        time.sleep(0.01)
+    assert started[2].finish_reason == "cancelled" and started[2].completion_tokens < 200
+    assert engine.batcher.idle
 
 
 @pytest.mark.slow
@@ -176,3 +266,11 @@ def test_generation_config_settings_the_batcher_would_ignore_turn_it_off(tiny_mo
 def test_transformers_batching_chatter_stays_off_the_terminal(engine):
     """transformers logs every cache allocation at INFO on stderr, where a terminal chat shows it."""
     assert logging.getLogger("ContinuousBatchingLogger").getEffectiveLevel() >= logging.WARNING
+
+
+@pytest.mark.slow
+def test_grouped_query_attention_stays_grouped_on_cpu(engine):
+    """A batched step has a mask, where transformers repeats the key/value heads unless told not to;
+    on CPU belle tells it (faster), and the equality tests above run with it."""
+    assert engine.model.config.num_key_value_heads < engine.model.config.num_attention_heads
+    assert os.environ.get(GQA_IN_SDPA) == "1"

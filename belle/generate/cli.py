@@ -55,7 +55,7 @@ def generate(
         concurrency: requests in flight at once through --api-base.
         cache: with --api-base, the SQLite file of earlier replies (a re-run asks nothing twice); `off` for none;
             default $XDG_CACHE_HOME/belle/llm.sqlite.
-        batch_size: prompts decoded together by a local model (sorted by length, so a batch pads little).
+        batch_size: replies a local model decodes together (prompts sorted by length; a finished reply's place goes to the next).
         system: system prompt for every prompt that is not raw and has none.
     """
     if batch_size < 1 or concurrency < 1:

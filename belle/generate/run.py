@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 from belle.chat.backends import sampling_request
 from belle.generate.inputs import PromptItem
-from belle.generation import Completion, Engine, GenerationParams, PromptTooLong, SamplingOptions
+from belle.generation import Engine, GenerationParams, PromptTooLong, SamplingOptions
 from belle.llm import LLMClient, LLMError, LLMOptions, Reply, fan_out
 from belle.records import jsonl
 
@@ -151,9 +151,8 @@ def encode(engine: Engine, item: PromptItem, max_new_tokens: int) -> list[int]:
 
 def generate_locally(engine: Engine, items: Sequence[PromptItem], output: Path, params: GenerationParams, *,
                      batch_size: int, on_item: Callable[[], None] | None = None) -> RunResult:
-    """Answer `items` with a loaded model: prompts sorted by length in tokens, `batch_size` at a time
-    through `Engine.generate_batch` (which decodes a batch together), each batch's lines appended
-    once it is done."""
+    """Answer `items` with a loaded model through `Engine.generate_all`: prompts sorted by length in
+    tokens, `batch_size` decoding together, each line appended as its reply is done."""
     result = RunResult()
     start = time.monotonic()
     with jsonl.open_append(output) as out:
@@ -165,12 +164,9 @@ def generate_locally(engine: Engine, items: Sequence[PromptItem], output: Path, 
             except PromptTooLong as e:
                 writer.skip(item, str(e))
         prompts.sort(key=lambda pair: len(pair[1]))
-        for first in range(0, len(prompts), batch_size):
-            batch = prompts[first:first + batch_size]
-            completions: list[Completion] = engine.generate_batch([ids for _, ids in batch], params)
-            for (item, _), completion in zip(batch, completions):
-                writer.reply(item, completion.text, completion.finish_reason, completion.prompt_tokens,
-                             completion.completion_tokens)
+        for index, completion in engine.generate_all([ids for _, ids in prompts], params, batch_size):
+            writer.reply(prompts[index][0], completion.text, completion.finish_reason, completion.prompt_tokens,
+                         completion.completion_tokens)
     result.seconds = time.monotonic() - start
     return result
 
