@@ -43,7 +43,8 @@ GQA_IN_SDPA = "TRANSFORMERS_SDPA_FORCE_GQA"
 """transformers' switch for grouped-query attention inside `scaled_dot_product_attention` when a
 mask is given (it repeats the key/value heads otherwise). A batched step always has a mask; on CPU,
 where torch's kernel takes both, that made 8 streams of the 81M benchmark model about 10% faster.
-On CUDA a mask with GQA falls back to the math kernel, so it stays off there."""
+On CUDA a mask with GQA falls back to the math kernel; the switch is process-wide, so belle sets it
+only on a machine with no GPU."""
 
 
 @dataclass(frozen=True)
@@ -288,8 +289,12 @@ class Batcher:
             if sampled else {}
         )
         eos = NO_EOS if params.ignore_eos else (self.eos_token_ids or NO_EOS)
-        added = manager.add_request(list(prompt_ids), request_id=request_id, max_new_tokens=params.max_new_tokens,
-                                    streaming=True, eos_token_id=eos, **sampling)
+        try:
+            added = manager.add_request(list(prompt_ids), request_id=request_id, max_new_tokens=params.max_new_tokens,
+                                        streaming=True, eos_token_id=eos, **sampling)
+        except BaseException:
+            self._forget(request_id)
+            raise
         if added is None:
             self._forget(request_id)
             request.end(RuntimeError("the batcher is not accepting requests (it has stopped)"))
@@ -371,8 +376,8 @@ def start_batcher(model: Any, tokenizer: Any, eos_token_ids: frozenset[int], con
 
     from belle.generation import GenerationParams
 
-    if model.device.type == "cpu":
-        os.environ.setdefault(GQA_IN_SDPA, "1")  # a user's own setting stands
+    if model.device.type == "cpu" and not torch.cuda.is_available():
+        os.environ.setdefault(GQA_IN_SDPA, "1")  # process-wide, hence only with no GPU; a user's own setting stands
     chatter = logging.getLogger("ContinuousBatchingLogger")  # transformers' own: INFO lines on stderr, beside the chat
     if chatter.level == logging.NOTSET:
         chatter.setLevel(logging.WARNING)

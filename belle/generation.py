@@ -16,7 +16,7 @@ import itertools
 import logging
 import queue
 import threading
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, ClassVar, Iterator, Literal, Sequence
@@ -239,15 +239,6 @@ class _CancelCriterion:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-@contextmanager
-def _held(semaphore: threading.BoundedSemaphore) -> Iterator[None]:
-    """Release on exit a semaphore acquired before."""
-    try:
-        yield
-    finally:
-        semaphore.release()
-
-
 class _LogprobRecorder:
     """A logits processor that keeps `log_softmax` of the scores it is handed, (batch, vocab) float32,
     and passes them on unchanged. Placed first, it sees the model's raw distribution."""
@@ -398,14 +389,10 @@ class TextStream:
         self._on_cancel: Callable[[], None] | None = None
         self._wakeup: Callable[[], None] | None = None
         self._recorder: _LogprobRecorder | None = None
-        self._handoff: threading.Event | None = None  # set: a lone stream moves into the batcher
-        self._generated: list[int] = []  # a lone stream's tokens so far, for the move
+        self._handoff: threading.Event | None = None
+        """The engine's lone stream (`Engine._claim_alone`) has one: set, it moves into the batcher."""
 
-    def _start_thread(self, prompt_ids: list[int], alone: bool = False) -> None:
-        """Generate on a new thread; `alone`: the engine's lone stream, which holds a thread slot
-        already and moves into the batcher once `_handoff` is set (`Engine._claim_alone`)."""
-        if alone:
-            self._handoff = threading.Event()
+    def _start_thread(self, prompt_ids: list[int]) -> None:
         threading.Thread(target=self._generate, args=(prompt_ids,), daemon=True, name="belle-generate").start()
 
     def cancel(self) -> None:
@@ -427,8 +414,8 @@ class TextStream:
         try:
             kwargs, processors, self._recorder = _decoding(self._params, 1, engine.model.device)
             criteria = [_CancelCriterion(event) for event in (self._cancelled, self._handoff) if event is not None]
-            with _held(engine.thread_slots) if alone else engine.thread_slots, torch.inference_mode():
-                engine.model.generate(
+            with nullcontext() if alone else engine.thread_slots, torch.inference_mode():  # a lone stream holds its slot
+                output = engine.model.generate(
                     input_ids=torch.tensor([prompt_ids], device=engine.model.device),
                     attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=engine.model.device),
                     streamer=self,
@@ -438,7 +425,7 @@ class TextStream:
                     pad_token_id=engine.tokenizer.pad_token_id,
                     **kwargs,
                 )
-            moved = alone and self._move_to_batcher(prompt_ids)
+            moved = alone and self._move_to_batcher(prompt_ids, output[0, len(prompt_ids) :].tolist())
         except BaseException as error:  # handed to the caller, which raises it
             self._tokens.put(error)
         finally:
@@ -447,10 +434,10 @@ class TextStream:
             if not moved:
                 self._finish()
 
-    def _move_to_batcher(self, prompt_ids: list[int]) -> bool:
+    def _move_to_batcher(self, prompt_ids: list[int], generated: list[int]) -> bool:
         """After a lone stream's `generate` stopped for `_handoff`: decode the rest of the reply in
         the batcher, from the prompt and the tokens so far. False when the reply had ended anyway."""
-        params, generated = self._params, self._generated
+        params = self._params
         if not self._handoff.is_set() or self._cancelled.is_set() or len(generated) >= params.max_new_tokens:
             return False
         if generated and not params.ignore_eos and generated[-1] in self._engine.eos_token_ids:
@@ -489,8 +476,6 @@ class TextStream:
             self._prompt_seen = True
             return
         token_id = int(value.reshape(-1)[0])
-        if self._handoff is not None:
-            self._generated.append(token_id)
         logprob = None
         if self._recorder is not None and self._params.logprobs is not None:
             logprob = _token_logprob(self._engine.tokenizer, token_id, self._recorder.last[0], self._params.logprobs)
@@ -610,6 +595,10 @@ class Engine:
     def close(self) -> None:
         """Stop the batcher, if any; streams still running end as cancelled."""
         if self.batcher is not None:
+            with self._alone_lock:
+                alone = self._alone
+            if alone is not None:
+                alone.cancel()
             self.batcher.close()
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
@@ -645,30 +634,35 @@ class Engine:
         if not self.fits(len(prompt_ids), params.max_new_tokens):
             raise PromptTooLong(len(prompt_ids), self.context_length, params.max_new_tokens)
 
-    def stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None) -> TextStream:
-        """Start generating a reply to `prompt_ids`; iterate the result for text deltas."""
-        return self._stream(prompt_ids, params, on_finish)
-
-    def _stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None,
-                may_run_alone: bool = True) -> TextStream:
+    def stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None,
+               *, more_coming: bool = False) -> TextStream:
+        """Start generating a reply to `prompt_ids`; iterate the result for text deltas.
+        `more_coming`: other streams are about to start with this one (a batch, `n` choices), so it
+        should not start alone on `generate` (`_claim_alone`)."""
         self.check_fits(prompt_ids, params)
         stream = TextStream(self, prompt_ids, params, on_finish)
         if self.batcher is None or not self.batcher.accepts(params, len(prompt_ids)):
             stream._start_thread(prompt_ids)
-        elif may_run_alone and self._claim_alone(stream):
-            stream._start_thread(prompt_ids, alone=True)
+        elif self._claim_alone(stream, more_coming):
+            try:
+                stream._start_thread(prompt_ids)
+            except BaseException:
+                self._release_alone(stream)
+                raise
         else:
             stream._on_cancel = self.batcher.submit(prompt_ids, params, stream._push, stream._finish)
         return stream
 
-    def _claim_alone(self, stream: TextStream) -> bool:
-        """Whether `stream` runs alone on a `generate` thread: true when nothing is batched, no other
-        stream runs alone, and a thread slot is free. `generate` decodes one reply faster than a
-        batch of one (on CPU about a tenth), so a lone chat stays there until a request the batcher
-        would take arrives: that request moves the lone stream into the batcher after its next token."""
+    def _claim_alone(self, stream: TextStream, more_coming: bool) -> bool:
+        """Whether `stream` runs alone on a `generate` thread: when nothing is batched, no other
+        stream runs alone, a thread slot is free and no other stream comes with it. `generate`
+        decodes one reply faster than a batch of one (on CPU about a tenth), so a lone chat stays
+        there until a request for the batcher arrives: that moves it into the batcher after its
+        next token. The lone stream holds a thread slot until `_release_alone`."""
         with self._alone_lock:
             alone = self._alone
-            if alone is None and self.batcher.idle and self.thread_slots.acquire(blocking=False):
+            if alone is None and not more_coming and self.batcher.idle and self.thread_slots.acquire(blocking=False):
+                stream._handoff = threading.Event()
                 self._alone = stream
                 return True
         if alone is not None:
@@ -679,6 +673,7 @@ class Engine:
         with self._alone_lock:
             if self._alone is stream:
                 self._alone = None
+                self.thread_slots.release()
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> TextStream:
         """Stream a reply to a history, leaving out the oldest exchanges if it is too long."""
@@ -722,6 +717,8 @@ class Engine:
         `window` replies decode at once and a finished reply's place goes to the next prompt at once;
         otherwise `generate_batch` answers `window` prompts at a time, in order. Closing the
         iterator early cancels the replies in flight."""
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
         if self.batcher is None or not all(self.batcher.accepts(params, len(ids)) for ids in prompts):
             for first in range(0, len(prompts), window):
                 yield from enumerate(self.generate_batch(prompts[first : first + window], params), first)
@@ -731,7 +728,7 @@ class Engine:
         upcoming = iter(range(len(prompts)))
 
         def start(index: int) -> None:
-            stream = running[index] = self._stream(prompts[index], params, may_run_alone=len(prompts) == 1)
+            stream = running[index] = self.stream(prompts[index], params, more_coming=len(prompts) > 1)
 
             def read() -> None:  # a reader per reply, so that a stop string ends its decoding at once
                 try:

@@ -427,7 +427,7 @@ def create_app(engines: dict[str, Engine], limits: ServerLimits = ServerLimits()
             for ids, params in zip(job.prompts, job.params or []):
                 for j in range(job.n):
                     seeded = replace(params, seed=None if body.seed is None else body.seed + j)
-                    streams.append(engine.stream(ids, seeded, on_finish=leave))
+                    streams.append(engine.stream(ids, seeded, on_finish=leave, more_coming=job.choices > 1))
         except BaseException:
             for stream in streams:
                 stream.cancel()
