@@ -61,7 +61,7 @@ def test_eight_concurrent_streams_equal_generate(engine):
 def test_exact_length_and_sampling(engine):
     ids = engine.encode_chat([{"role": "user", "content": "你好"}])
     exact = dataclasses.replace(GREEDY, max_new_tokens=30, ignore_eos=True)
-    stream = engine.stream(ids, exact)
+    stream = engine.stream(ids, exact, more_coming=True)  # in the batcher, not alone
     stream.text()
     assert (stream.completion_tokens, stream.finish_reason) == (30, "length")
     sampling = GenerationParams(temperature=0.8, top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=20)
@@ -193,7 +193,7 @@ def test_stop_string_cuts_a_batched_stream(engine):
     ids = engine.encode_chat([{"role": "user", "content": "你好"}])
     full = expected(engine, ids, 40)
     cut = next(i for i in range(8, len(full) - 3) if "\ufffd" not in full[i : i + 3] and full.find(full[i : i + 3]) == i)
-    stream = engine.stream(ids, dataclasses.replace(GREEDY, max_new_tokens=40, stop=(full[cut : cut + 3],)))
+    stream = engine.stream(ids, dataclasses.replace(GREEDY, max_new_tokens=40, stop=(full[cut : cut + 3],)), more_coming=True)
     assert stream.text() == full[:cut]
     assert stream.finish_reason == "stop" and stream.completion_tokens < 40
 
@@ -252,7 +252,7 @@ def test_which_families_batch(tmp_path, caplog):
         batching[arch] = engine.batching
         if engine.batching:
             ids = engine.encode_chat([{"role": "user", "content": "你好"}])
-            assert engine.stream(ids, GREEDY).text() == expected(engine, ids)
+            assert engine.stream(ids, GREEDY, more_coming=True).text() == expected(engine, ids)  # batched, not alone
         engine.close()
     print("families that batch:", batching)
     assert batching["llama"] and batching["qwen2"]
