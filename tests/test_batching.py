@@ -26,12 +26,14 @@ def engine(tiny_model_dir):
     engine.close()
 
 
-def expected(engine, ids, max_new_tokens=24):
+def expected(engine, ids, max_new_tokens=24, ignore_eos=False):
+    """`model.generate`'s greedy reply, cut at EOS; with `ignore_eos`, exactly `max_new_tokens` tokens."""
+    eos = [] if ignore_eos else list(engine.eos_token_ids)
     with torch.inference_mode():
         out = engine.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens,
-                                    eos_token_id=list(engine.eos_token_ids), pad_token_id=engine.tokenizer.pad_token_id)
+                                    eos_token_id=eos, pad_token_id=engine.tokenizer.pad_token_id)
     tokens = out[0, len(ids):].tolist()
-    ended = next((i for i, t in enumerate(tokens) if t in engine.eos_token_ids), len(tokens))
+    ended = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
     return engine.tokenizer.decode(tokens[:ended], skip_special_tokens=True)
 
 
@@ -87,14 +89,6 @@ def test_cancel_mid_stream_frees_the_slot(engine):
     assert engine.stream(ids, GREEDY).text() == expected(engine, ids)  # all 8 slots are free again
 
 
-def raw_greedy(engine, ids, max_new_tokens):
-    """`model.generate`'s greedy tokens with no EOS: exactly `max_new_tokens` of them."""
-    with torch.inference_mode():
-        out = engine.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens,
-                                    eos_token_id=[], pad_token_id=engine.tokenizer.pad_token_id)
-    return engine.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-
-
 @pytest.mark.slow
 def test_a_lone_stream_decodes_on_generate_and_moves_into_the_batcher_when_another_arrives(engine, monkeypatch):
     submitted = []
@@ -109,7 +103,7 @@ def test_a_lone_stream_decodes_on_generate_and_moves_into_the_batcher_when_anoth
     head = [next(pieces).text for _ in range(3)]
     joined = engine.stream(second, GREEDY)
     rest = "".join(p.text for p in pieces)
-    assert "".join(head) + rest == raw_greedy(engine, first, 600)  # nothing lost or repeated in the move
+    assert "".join(head) + rest == expected(engine, first, 600, ignore_eos=True)  # nothing lost or repeated in the move
     assert (alone.completion_tokens, alone.finish_reason) == (600, "length")
     assert joined.text() == expected(engine, second)
     moved = [(len(ids) - len(first), rest) for ids, rest in submitted if ids[: len(first)] == first]
