@@ -380,7 +380,10 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{key}: expected a mapping, got {value!r}")
-        return value
+            return value
+        key_hint, value_hint = args or (Any, Any)
+        return {_convert(k, key_hint, f"{key} key {k!r}", problems): _convert(v, value_hint, f"{key}.{k}", problems)
+                for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value

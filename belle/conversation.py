@@ -80,14 +80,15 @@ def is_multiturn_string(instruction: str) -> bool:
     return text.startswith("Human:") and text.endswith("Assistant:")
 
 
-def record_to_messages(record: Any, format: Format | None = None) -> list[dict[str, str]]:
-    """Turn one raw record into validated messages, or raise `Rejection`."""
+def record_to_messages(record: Any, format: Format | None = None, require_assistant: bool = True) -> list[dict[str, str]]:
+    """Turn one raw record into validated messages, or raise `Rejection`; with
+    `require_assistant=False` a conversation of user turns only (a prompt) is accepted too."""
     if not isinstance(record, dict):
         raise Rejection("not an object", f"got {type(record).__name__}")
     format = format or detect_format(record)
     messages = _PARSERS[format](record)
     if format != "text":
-        validate_messages(messages)
+        validate_messages(messages, require_assistant=require_assistant)
     return messages
 
 

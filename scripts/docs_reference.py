@@ -63,16 +63,15 @@ def config_reference() -> str:
         "[train/configs/](../../train/configs/README.md); the [training guide](../guides/train.md) shows them in use.",
     ]
     sections: list[tuple[str, type]] = [("", TrainConfig)]
-    hints = typing.get_type_hints(TrainConfig)
-    sections += [(f.name, hints[f.name]) for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(hints[f.name])]
-    for prefix, cls in sections:
+    for prefix, cls in sections:  # grows with each nested section (reward.judge), listed after the others
         docs, hints, defaults = field_docs(cls), typing.get_type_hints(cls), cls()
         lines += ["", f"## `{prefix}`" if prefix else "## Top-level keys", "", inspect.getdoc(cls) or "", "",
                   "| key | type | default | meaning |", "|---|---|---|---|"]
         for field in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[field.name]):
-                continue
             key = f"{prefix}.{field.name}" if prefix else field.name
+            if dataclasses.is_dataclass(hints[field.name]):
+                sections.append((key, hints[field.name]))
+                continue
             default = getattr(defaults, field.name)
             lines.append(f"| `{key}` | {type_name(hints[field.name])} | {yaml_value(default)} | {cell(docs.get(field.name, ''))} |")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,8 @@ from belle.eval.answers import read_answers
 from belle.eval.evalset import read_eval_set
 from belle.eval.judging import read_judge_prompts
 from belle.train import cli as train_cli
-from belle.train.preference import load_preference_pairs
+from belle.train.preference import load_kto_examples, load_preference_pairs
+from belle.train.prompts import load_prompts
 from tests.conftest import REPO
 from tests.helpers import free_port
 
@@ -36,7 +37,8 @@ RUNNABLE = {
     "guides/data.md": ["data/train.jsonl.rejected.txt", "data/train.jsonl.stats.json", "data/packed.jsonl.stats.json",
                        "generated/selfinstruct.jsonl.summary.md", "generated/dialogues.jsonl", "clean/train.jsonl"],
     "guides/train.md": ["sft/checkpoint-15/COMPLETE", "sft/loss.png", "lora-merged/model.safetensors",
-                        "tiny-600-zh/vocab_report.json", "zh-pt/adapter_model.safetensors", "dpo/adapter_model.safetensors"],
+                        "tiny-600-zh/vocab_report.json", "zh-pt/adapter_model.safetensors", "dpo/adapter_model.safetensors",
+                        "rm/model.safetensors", "grpo/adapter_model.safetensors", "grpo/loss.png", "kto/adapter_model.safetensors"],
     "guides/eval.md": ["eval/sft/judgments.jsonl", "eval/sft/run.json", "eval/sft/report.png", "eval/tiny/report.json",
                        "eval/compare/report.md", "eval/pairwise/pairwise.md"],
     "guides/gptq.md": ["sft-gptq4/quantize_config.json", "sft-gptq4/eval.md", "sft-rtn4/quantize.json", "sft-rtn4/eval.md"],
@@ -230,8 +232,12 @@ def read_example(kind: str, path: Path) -> list:
     """Read an example file with the function the job reading that kind of file uses."""
     if kind in FORMATS:
         return list(read_conversations([str(path)], format=kind, policy="strict"))
-    if kind == "dpo":
+    if kind in ("dpo", "rm"):
         return list(load_preference_pairs([str(path)], policy="strict")[0])
+    if kind == "kto":
+        return list(load_kto_examples([str(path)], policy="strict")[0])
+    if kind == "rl_prompt":
+        return list(load_prompts([str(path)], policy="strict")[0])
     readers = {"seed": read_seed_tasks, "chat_seed": read_chat_seeds, "eval": read_eval_set,
                "judge_prompt": read_judge_prompts, "answers": read_answers}
     return list(readers[kind](path))
@@ -239,13 +245,20 @@ def read_example(kind: str, path: Path) -> list:
 
 def test_the_format_examples_read_as_their_format(tmp_path):
     """Each ```json title="KIND" example in formats.md is one record, detected as KIND when it is a
-    conversation format, and read without complaint by the reader of its kind of file."""
+    conversation format, and read without complaint by the reader of its kind of file (a preference
+    pair or RL prompt into a prompt that ends with a user turn)."""
     examples = re.findall(r'^```json title="(\w+)"\n(.*?)^```', page_text(DOCS / "formats.md"), re.S | re.M)
-    assert {kind for kind, _ in examples} == {*FORMATS, "dpo", "seed", "chat_seed", "eval", "judge_prompt", "answers"}
+    assert {kind for kind, _ in examples} == {*FORMATS, "dpo", "rm", "kto", "rl_prompt", "seed", "chat_seed", "eval",
+                                               "judge_prompt", "answers"}
     for kind, body in examples:
         record = json.loads(body)
         if kind in FORMATS:
             assert detect_format(record) == kind
         path = tmp_path / f"{kind}.jsonl"
         path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
-        assert len(read_example(kind, path)) == 1, kind
+        rows = read_example(kind, path)
+        assert len(rows) == 1, kind
+        if kind == "rm":
+            assert "prompt" not in record  # BELLE's RM pairs: the prompt is what chosen and rejected share
+        if kind in ("dpo", "rm", "kto", "rl_prompt"):
+            assert rows[0]["prompt"][-1]["role"] == "user", kind

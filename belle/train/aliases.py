@@ -104,4 +104,13 @@ ALIASES: dict[str, Alias] = {
     "beta": Alias("dpo.beta"),  # TRL
     "pref_loss": Alias("dpo.loss_type"),  # LLaMA-Factory
     "loss_type": Alias("dpo.loss_type"),  # TRL
+    # KTO
+    "desirable_weight": Alias("kto.desirable_weight"),  # TRL
+    "undesirable_weight": Alias("kto.undesirable_weight"),  # TRL
+    "kto_chosen_weight": Alias("kto.desirable_weight"),  # LLaMA-Factory
+    "kto_rejected_weight": Alias("kto.undesirable_weight"),  # LLaMA-Factory
+    # GRPO, RLOO
+    "num_generations": Alias("rl.num_generations"),  # TRL
+    "max_completion_length": Alias("rl.max_new_tokens"),  # TRL
+    "reward_model": Alias("reward.model"),  # LLaMA-Factory
 }

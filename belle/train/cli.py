@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +18,7 @@ from belle.cli import UsageError, os_error_message, run_verbs, setup_logging
 from belle.config import ConfigError, config_keys, load_config, parse_config_args
 from belle.modeling import DTYPES
 from belle.train.aliases import ALIASES
-from belle.train.config import TrainConfig
+from belle.train.config import PPO_REFUSAL, Stage, TrainConfig
 
 
 def merge(*, base: Path, adapter: Path, out: Path, dtype: str = "float32") -> int:
@@ -49,7 +50,8 @@ def config_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         usage="%(prog)s [CONFIG.yaml | --config CONFIG.yaml] [KEY=VALUE | --KEY VALUE ...]",
-        description="Train a model: sft, pt or dpo; full, lora or qlora. Also: `merge` (see merge --help).",
+        description="Train a model: sft, pt, dpo, kto, a reward model (rm), or online RL from prompts with "
+                    "rewards (grpo, rloo: BELLE's ppo stage); full, lora or qlora. Also: `merge` (see merge --help).",
         epilog="keys: " + ", ".join(config_keys(TrainConfig)) + ". Hugging Face, LLaMA-Factory and axolotl "
                "names are read as these keys too (learning_rate, lora_rank, ...; see train/README.md).",
         allow_abbrev=False,
@@ -68,8 +70,16 @@ def parse_args(argv: Sequence[str], prog: str = "belle train") -> argparse.Names
 
 
 def load_train_config(path: Path | None, overrides: Sequence[str]) -> TrainConfig:
-    """The training config from a YAML file and overrides, other trainers' key names included."""
-    return load_config(TrainConfig, path, list(overrides), aliases=ALIASES)
+    """The training config from a YAML file and overrides, other trainers' key names included.
+    `stage=ppo`, BELLE's PPO stage, is refused with the stage that replaces it."""
+    try:
+        return load_config(TrainConfig, path, list(overrides), aliases=ALIASES)
+    except ConfigError as e:
+        ppo = f"stage: 'ppo' is not one of {', '.join(map(repr, typing.get_args(Stage)))}"
+        if ppo not in e.problems:
+            raise
+        problems = [f"stage: {PPO_REFUSAL}" if p == ppo else p for p in e.problems]
+        raise ConfigError(problems, str(path) if path else "config") from None
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.train") -> int:

@@ -8,16 +8,27 @@ is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from belle.conversation import Format
 from belle.templates import TEMPLATE_NAMES
 from belle.tokenization import Overlong
 
-Stage = Literal["sft", "pt", "dpo"]
+Stage = Literal["sft", "pt", "dpo", "rm", "grpo", "rloo", "kto"]
 Method = Literal["full", "lora", "qlora"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 RESUME_MODES = ("auto", "never", "force")
+RL_STAGES = ("grpo", "rloo")
+PPO_REFUSAL = ("TRL 1.x no longer ships PPOTrainer; BELLE's ppo stage maps to `stage=grpo` (or rloo) with "
+               "`reward.weights={model: 1}` and `reward.model=RM_FOLDER`")
+STAGE_READS = {
+    "dpo": '{"prompt", "chosen", "rejected"} pairs',
+    "rm": 'preference pairs ({"prompt", "chosen", "rejected"} or BELLE\'s {"chosen", "rejected"})',
+    "kto": '{"prompt", "completion", "label"} records or preference pairs',
+    "grpo": "prompts ({\"prompt\"} records, instructions or conversations)",
+    "rloo": "prompts ({\"prompt\"} records, instructions or conversations)",
+}
+"""What each stage that trains on whole, unpacked records reads (for the message refusing data.pack and data.format)."""
 
 @dataclass
 class ModelConfig:
@@ -119,6 +130,112 @@ class DpoConfig:
 
 
 @dataclass
+class RLConfig:
+    """Online RL from prompts, used when `stage` is grpo or rloo: `rl.*`."""
+
+    num_generations: int = 8
+    """Completions sampled per prompt (the group their rewards are compared within)."""
+    max_new_tokens: int = 256
+    """Completion length cap, tokens; the prompt gets data.max_length minus this."""
+    temperature: float = 1.0
+    """Sampling temperature of the completions."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p."""
+    beta: float = 0.04
+    """KL coefficient towards the reference model (the starting policy); 0 loads no reference."""
+    num_iterations: int = 1
+    """Policy updates per batch of generations (TRL's mu)."""
+    epsilon: float = 0.2
+    """Clip range of the policy ratio, as in PPO."""
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.num_generations < 2:
+            problems.append(f"num_generations: {self.num_generations} must be at least 2 (rewards are compared within a prompt's group)")
+        for name in ("max_new_tokens", "num_iterations"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be at least 1, not {getattr(self, name)}")
+        if self.temperature <= 0:
+            problems.append(f"temperature: {self.temperature} must be positive")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p: {self.top_p} must be in (0, 1]")
+        if self.beta < 0:
+            problems.append(f"beta: {self.beta} must be 0 or more")
+        if self.epsilon <= 0:
+            problems.append(f"epsilon: {self.epsilon} must be positive")
+        return problems
+
+
+@dataclass
+class JudgeRewardConfig:
+    """The LLM judge reward source: `reward.judge.*`."""
+
+    model: str = ""
+    """The judge model the endpoint serves."""
+    base_url: str | None = None
+    """OpenAI-compatible endpoint root ending in /v1; default: OpenAI's."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the endpoint's key."""
+    concurrency: int = 8
+    """Judge requests in flight at once."""
+    max_retries: int = 5
+    """Retries of one request on 429, 5xx, timeouts and malformed replies."""
+    timeout: float = 120.0
+    """Seconds for one attempt."""
+    cache: str = "default"
+    """SQLite cache of judge replies: off, default ($XDG_CACHE_HOME/belle/llm.sqlite) or a path."""
+    prompts: str | None = None
+    """Per-class judge prompts (BELLE's eval_prompt.json format); default: belle's own."""
+    default_class: str = "generation"
+    """Judge prompt class for prompt records without a `class` field."""
+
+    def options(self) -> Any:
+        """The `belle.llm.LLMOptions` for an `LLMClient` that calls this judge."""
+        from belle.llm import LLMOptions
+
+        return LLMOptions(
+            model=self.model, base_url=self.base_url, api_key_env=self.api_key_env, concurrency=self.concurrency,
+            max_retries=self.max_retries, timeout=self.timeout, cache=self.cache,
+        )
+
+
+@dataclass
+class RewardConfig:
+    """Where the rewards of stages grpo and rloo come from: `reward.*`. Source names, weights, the model
+    folder, the pattern and the judge are checked by `belle.train.rewards.reward_problems` before any
+    model loads."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    """Reward source -> weight; the reward is their weighted sum. Sources: model (the reward model
+    reward.model), judge (an LLM judge's score in [0, 1], reward.judge.*), math_answer (1 when the final
+    answer equals the record's reference), format (1 when reward.format_pattern matches), length (0 up to
+    reward.length_target tokens, then down to -1), eos (1 when the completion ended on its own)."""
+    model: str | None = None
+    """Reward model folder (a stage rm output) for the model source."""
+    format_pattern: str | None = None
+    """Python regular expression searched in each completion, for the format source."""
+    length_target: int = 256
+    """Tokens a completion may take before the length source penalises it."""
+    judge: JudgeRewardConfig = field(default_factory=JudgeRewardConfig)
+
+
+@dataclass
+class KtoConfig:
+    """Kahneman-Tversky optimization on unpaired good and bad answers, used when `stage` is kto: `kto.*`."""
+
+    beta: float = 0.1
+    """Strength of the KL penalty towards the reference model."""
+    desirable_weight: float = 1.0
+    """Loss weight of the good answers (raise it when they are fewer than the bad ones)."""
+    undesirable_weight: float = 1.0
+    """Loss weight of the bad answers."""
+
+    def problems(self) -> list[str]:
+        return [f"{name}: {getattr(self, name)} must be positive"
+                for name in ("beta", "desirable_weight", "undesirable_weight") if getattr(self, name) <= 0]
+
+
+@dataclass
 class TrainingConfig:
     """The optimization: `training.*`, passed on to transformers' `TrainingArguments`."""
 
@@ -194,7 +311,9 @@ class TrainConfig:
     output_dir: str = ""
     """Where the run writes: checkpoints, logs, the final model, summary.md and loss.png."""
     stage: Stage = "sft"
-    """sft: conversations, loss on assistant tokens; pt: plain text; dpo: preference pairs."""
+    """sft: conversations, loss on assistant tokens; pt: plain text; dpo: preference pairs; rm: a reward
+    model on preference pairs; grpo, rloo: online RL from prompts with rewards from reward.*; kto:
+    unpaired good and bad answers. (No ppo: TRL 1.x dropped PPOTrainer; use grpo with reward.weights={model: 1}.)"""
     method: Method = "full"
     """full fine-tuning, lora, or qlora (LoRA on a 4-bit base; needs a CUDA GPU)."""
     resume: str = "auto"
@@ -205,6 +324,9 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    kto: KtoConfig = field(default_factory=KtoConfig)
 
     def problems(self) -> list[str]:
         problems = []
@@ -216,8 +338,40 @@ class TrainConfig:
             problems.append(f"dpo: DPO options are set but stage is {self.stage}; set stage=dpo or remove them")
         if self.stage == "pt" and self.data.format not in (None, "text"):
             problems.append(f"data.format: stage pt reads {{\"text\"}} records, not {self.data.format}")
-        if self.stage == "dpo" and (self.data.pack or self.data.format is not None):
-            problems.append("data.pack, data.format: stage dpo reads {\"prompt\", \"chosen\", \"rejected\"} pairs unpacked; remove them")
+        for section, what, stages, default in (("rl", "RL", RL_STAGES, RLConfig()), ("reward", "reward", RL_STAGES, RewardConfig()),
+                                               ("kto", "KTO", ("kto",), KtoConfig())):
+            if self.stage not in stages and getattr(self, section) != default:
+                problems.append(f"{section}: {what} options are set but stage is {self.stage}; "
+                                f"set stage={' or '.join(stages)} or remove them")
+        problems += self._stage_problems()
         if self.stage != "sft" and self.data.overlong != "truncate":
             problems.append(f"data.overlong: only applies to stage sft, not {self.stage}")
+        return problems
+
+    def _stage_problems(self) -> list[str]:
+        """What the stages beyond sft and pt refuse or need, judged from the config alone."""
+        problems = []
+        if self.stage in STAGE_READS:
+            keys = [f"data.{k}" for k, on in (("pack", self.data.pack), ("format", self.data.format is not None)) if on]
+            if self.stage == "rm" and self.data.pack:
+                problems.append("data.pack: stage rm scores each sequence at its last token, so a packed row of several "
+                                "pairs would get one score; remove data.pack")
+                keys.remove("data.pack")
+            if keys:
+                shown = "data.pack, data.format" if self.stage == "dpo" else ", ".join(keys)
+                problems.append(f"{shown}: stage {self.stage} reads {STAGE_READS[self.stage]} unpacked; remove them")
+        if self.stage in RL_STAGES:
+            if not self.reward.weights:
+                problems.append("reward.weights: name at least one reward source: reward.weights={math_answer: 1.0}, "
+                                "or {model: 1.0} with reward.model=RM_FOLDER (sources: model, judge, math_answer, "
+                                "format, length, eos)")
+            if self.rl.max_new_tokens >= self.data.max_length:
+                problems.append(f"rl.max_new_tokens: {self.rl.max_new_tokens} leaves no room for the prompt in "
+                                f"data.max_length {self.data.max_length} (prompt and completion share it)")
+        if self.stage == "rm" and self.method == "qlora":
+            problems.append("method: stage rm saves a plain model with the LoRA adapter merged in, which a 4-bit base "
+                            "cannot give; use method=lora or full")
+        if self.stage == "kto" and self.training.batch_size < 2:
+            problems.append("training.batch_size: stage kto needs at least 2 samples per micro-batch (its KL estimate "
+                            "pairs each answer with another sample's prompt); set training.batch_size=2 or more")
         return problems

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from belle.records import write_text_atomic
-from belle.train.config import TrainConfig
+from belle.train.config import RL_STAGES, TrainConfig
 
 FILENAME = "run_fingerprint.json"
 
@@ -24,6 +24,9 @@ TRAINING_KEYS = (
     "warmup_ratio", "weight_decay", "max_grad_norm", "optim", "precision", "seed", "deepspeed",
 )
 DATA_KEYS = ("format", "max_length", "pack", "overlong", "validation_split")
+# reward.judge.* keys that change the rewards; where the judge is reached, and how (endpoint, key,
+# concurrency, retries, cache), do not.
+JUDGE_KEYS = ("model", "default_class")
 MODEL_FILES = ("config.json", "*.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -54,6 +57,17 @@ def run_fingerprint(config: TrainConfig) -> dict[str, Any]:
         fingerprint.update({f"lora.{k}": v for k, v in vars(config.lora).items()})
     if config.stage == "dpo":
         fingerprint.update({f"dpo.{k}": v for k, v in vars(config.dpo).items()})
+    if config.stage in RL_STAGES:
+        fingerprint.update({f"rl.{k}": v for k, v in vars(config.rl).items()})
+        reward = config.reward
+        fingerprint["reward.weights"] = reward.weights
+        fingerprint["reward.model"] = _resolved(reward.model) if reward.model else None
+        fingerprint.update({f"reward.{k}": getattr(reward, k) for k in ("format_pattern", "length_target")})
+        if "judge" in reward.weights:
+            fingerprint.update({f"reward.judge.{k}": getattr(reward.judge, k) for k in JUDGE_KEYS})
+            fingerprint["reward.judge.prompts"] = _resolved(reward.judge.prompts) if reward.judge.prompts else None
+    if config.stage == "kto":
+        fingerprint.update({f"kto.{k}": v for k, v in vars(config.kto).items()})
     return json.loads(json.dumps(fingerprint))
 
 

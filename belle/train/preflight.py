@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from belle.train.checkpoints import MARKER, checkpoint_step, complete_checkpoints, foreign_checkpoints
-from belle.train.config import RESUME_MODES, TrainConfig
+from belle.train.config import RESUME_MODES, RL_STAGES, TrainConfig
 from belle.train.fingerprint import check_fingerprint
 from belle.train.lora import check_targets
 from belle.train.packing import packing_problems
@@ -49,7 +50,35 @@ def check_run(config: TrainConfig) -> list[str]:
     if config.training.deepspeed:
         problems += check_deepspeed(Path(config.training.deepspeed), config, resolve_precision(config.training.precision))
     problems += check_targets(config)
+    if config.stage in RL_STAGES:
+        from belle.train.rewards import reward_problems
+
+        problems += reward_problems(config.reward) + batch_problems(config)
     return problems
+
+
+def world_size() -> int:
+    """Processes of this run, as torchrun, accelerate and the deepspeed launcher announce them."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def batch_problems(config: TrainConfig) -> list[str]:
+    """grpo and rloo: the completions of one optimizer step (batch_size x gradient_accumulation_steps x
+    processes) must hold whole groups of rl.num_generations completions."""
+    t, n = config.training, config.rl.num_generations
+    processes = world_size()
+    completions = t.batch_size * t.gradient_accumulation_steps * processes
+    if completions % n == 0:
+        return []
+    return [
+        f"training.batch_size: stage {config.stage} counts the batch in completions: batch_size {t.batch_size} x "
+        f"gradient_accumulation_steps {t.gradient_accumulation_steps} x {processes} process(es) = {completions} per step, "
+        f"which must be a multiple of rl.num_generations ({n}) to hold whole groups of a prompt's completions "
+        f"(e.g. training.batch_size={n})"
+    ]
 
 
 def _check_paths(config: TrainConfig) -> list[str]:
@@ -149,6 +178,9 @@ def check_deepspeed(path: Path, config: TrainConfig, precision: str) -> list[str
     stage = _get(ds, "zero_optimization", "stage")
     if config.method == "qlora" and stage == 3:
         problems.append(f"{where} uses ZeRO-3, which cannot shard a 4-bit bitsandbytes model; use ZeRO-2 with method=qlora")
+    if config.stage == "rm" and config.method == "lora" and stage == 3:
+        problems.append(f"{where} uses ZeRO-3, but stage rm merges its LoRA adapter into the base at the end, which needs "
+                        "whole weights; use ZeRO-2 (train/configs/ds_zero2.json) or method=full")
     if _get(ds, "zero_optimization", "offload_param", "device") not in (None, "none") and stage != 3:
         problems.append(f"{where} offloads parameters, which only ZeRO-3 does; set zero_optimization.stage to 3")
     return problems

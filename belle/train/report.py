@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,28 +83,151 @@ def _rates(start: tuple[float, int, int], end: tuple[float, int, int]) -> dict[s
     }
 
 
-def plot_loss(log_history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Training loss (and eval loss, when there is one) against the optimizer step."""
+LOSS_LABELS = {
+    "sft": "loss (nats per trained token)",
+    "pt": "loss (nats per trained token)",
+    "dpo": "DPO loss (nats per pair)",
+    "rm": "pairwise loss (nats per pair)",
+    "grpo": "policy loss (per token)",
+    "rloo": "policy loss (per token)",
+    "kto": "KTO loss (per example)",
+}
+SOURCE_MEAN = re.compile(r"^rewards/([^/]+)/mean$")
+
+
+def reward_sources(log_history: list[dict[str, Any]]) -> list[str]:
+    """Reward sources with a logged `rewards/<name>/mean` (grpo and rloo), in first-logged order."""
+    names: dict[str, None] = {}
+    for entry in log_history:
+        for key in entry:
+            if match := SOURCE_MEAN.match(key):
+                names[match[1]] = None
+    return list(names)
+
+
+def _series(log_history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(h["step"], h[key]) for h in log_history if h.get(key) is not None and "step" in h]
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path, title: str, stage: str = "sft") -> None:
+    """Training loss (and eval loss, when there is one) against the optimizer step. A history with
+    rewards (grpo, rloo) gets a second panel below: the mean reward per completion (the weighted sum
+    of the sources, with a band of one standard deviation across completions), the mean of each
+    source (`rewards/<name>/mean`, unweighted) and the eval reward when there is one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    rewards = _series(log_history, "reward")
+    fig, axes = plt.subplots(2 if rewards else 1, 1, figsize=(7, 7 if rewards else 4), dpi=120, squeeze=False)
+    ax = axes[0][0]
+    train, evals = _series(log_history, "loss"), _series(log_history, "eval_loss")
     if train:
         ax.plot(*zip(*train), label="train loss", linewidth=1.2)
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.2)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per trained token)")
+    ax.set_ylabel(LOSS_LABELS.get(stage, "loss"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if rewards:
+        _plot_rewards(axes[1][0], log_history, rewards)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_rewards(ax: Any, log_history: list[dict[str, Any]], rewards: list[tuple[int, float]]) -> None:
+    steps, means = zip(*rewards)
+    ax.plot(steps, means, color="black", linewidth=1.6, label="reward (weighted sum)")
+    spread = dict(_series(log_history, "reward_std"))
+    if len(spread) == len(rewards):
+        stds = [spread[s] for s in steps]
+        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color="black", alpha=0.12, linewidth=0, label="±1 std across completions")
+    for name in reward_sources(log_history):
+        ax.plot(*zip(*_series(log_history, f"rewards/{name}/mean")), linewidth=1.0, label=name)
+    evals = _series(log_history, "eval_reward")
+    if evals:
+        ax.plot(*zip(*evals), "o--", color="black", linewidth=1.0, label="eval reward")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean reward per completion")
+    ax.set_title("rewards (sources unweighted)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _first_last(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "none logged"
+    return f"first logged {values[0]:.{digits}f}, last logged {values[-1]:.{digits}f}"
+
+
+def _logged(log_history: list[dict[str, Any]], key: str) -> list[float]:
+    return [h[key] for h in log_history if h.get(key) is not None]
+
+
+def stage_lines(stage: str, log_history: list[dict[str, Any]], evals: dict[str, Any]) -> list[str]:
+    """What the stage's own metrics say: rm's pairwise accuracy and margin, grpo/rloo's rewards, KL,
+    completion length and judge failures, kto's rewards and KL (TRL 1.16's log keys)."""
+    if stage == "rm":
+        return _rm_lines(log_history, evals)
+    if stage in ("grpo", "rloo"):
+        return _rl_lines(log_history)
+    if stage == "kto":
+        return _kto_lines(log_history, evals)
+    return []
+
+
+def _rm_lines(log_history: list[dict[str, Any]], evals: dict[str, Any]) -> list[str]:
+    lines = []
+    accuracy = _logged(log_history, "eval_accuracy")
+    if "eval_accuracy" in evals:
+        lines.append(f"- eval pairwise accuracy (chosen scored above rejected): {evals['eval_accuracy']:.3f}"
+                     + (f" (first eval {accuracy[0]:.3f})" if accuracy else ""))
+    if "eval_margin" in evals:
+        lines.append(f"- eval mean margin (score of chosen - score of rejected): {evals['eval_margin']:.4f}")
+    train = _logged(log_history, "accuracy")
+    if train:
+        lines.append(f"- train pairwise accuracy: {_first_last(train, 3)}")
+    return lines
+
+
+def _rl_lines(log_history: list[dict[str, Any]]) -> list[str]:
+    rewards = _logged(log_history, "reward")
+    if not rewards:
+        return ["- reward: none logged"]
+    lines = [f"- reward (weighted sum per completion): {_first_last(rewards)}"]
+    for name in reward_sources(log_history):
+        lines.append(f"- reward {name}: {_first_last(_logged(log_history, f'rewards/{name}/mean'))}")
+    kl = _logged(log_history, "kl")
+    if kl:
+        lines.append(f"- KL to the reference (per token): last logged {kl[-1]:.4f}")
+    lengths = _logged(log_history, "completions/mean_length")
+    if lengths:
+        lines.append(f"- completion length: mean {sum(lengths) / len(lengths):.1f} tokens, last logged {lengths[-1]:.1f}")
+    clipped = _logged(log_history, "completions/clipped_ratio")
+    if clipped:
+        lines.append(f"- completions cut at rl.max_new_tokens: last logged {clipped[-1]:.1%}")
+    failed = _logged(log_history, "judge/failed")
+    if failed:
+        lines.append(f"- judge failures: {sum(failed) / len(failed):.2f} per generation batch on average, "
+                     f"in {sum(1 for n in failed if n)} of {len(failed)} logged steps")
+    return lines
+
+
+def _kto_lines(log_history: list[dict[str, Any]], evals: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, what in (("rewards/chosen", "reward of desirable answers"), ("rewards/rejected", "reward of undesirable answers"),
+                      ("rewards/margins", "reward margin"), ("kl", "KL estimate (the reference point)")):
+        values = _logged(log_history, key)
+        if values:
+            lines.append(f"- {what}: {_first_last(values)}")
+        if f"eval_{key}" in evals:
+            lines.append(f"- eval {what}: {evals[f'eval_{key}']:.4f}")
+    return lines
 
 
 def write_summary(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -122,6 +246,11 @@ def write_summary(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -
         lines += [f"- note: {note}" for note in data.get("notes") or []]
     if "pairs" in data:
         lines.append(f"- preference pairs: {data['pairs']}")
+    if "prompts" in data:
+        lines.append(f"- prompts: {data['prompts']}")
+    if "examples" in data:
+        split = [f"{data[k]} {k}" for k in ("desirable", "undesirable") if k in data]
+        lines.append(f"- examples: {data['examples']}" + (f" ({', '.join(split)})" if split else ""))
     if metrics.get("lora"):
         lines.append(f"- {describe(metrics['lora'])}")
     lines += [
@@ -131,6 +260,7 @@ def write_summary(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -
     ]
     if "eval_loss" in evals:
         lines.append(f"- eval loss: {evals['eval_loss']:.4f}")
+    lines += stage_lines(config["stage"], metrics["log_history"], evals)
     if "trained_tokens_per_second" in train:
         lines.append(f"- throughput: {train['trained_tokens_per_second']:,.0f} trained tokens/s, {train['samples_per_second']:,.2f} samples/s")
     lines.append(f"- runtime: {train.get('train_runtime', 0):.1f} s")
@@ -141,5 +271,5 @@ def write_summary(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -
 def write_report(output_dir: Path, config: dict[str, Any], metrics: dict[str, Any]) -> None:
     """`metrics.json`, `loss.png` and `summary.md` in `output_dir`."""
     (output_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
-    plot_loss(metrics["log_history"], output_dir / "loss.png", f"{config['stage']} / {config['method']}")
+    plot_loss(metrics["log_history"], output_dir / "loss.png", f"{config['stage']} / {config['method']}", config["stage"])
     write_summary(output_dir / "summary.md", config, metrics)

@@ -16,12 +16,12 @@ from typing import Any
 from belle.cli import UsageError
 from belle.config import config_to_dict, save_config
 from belle.dataset import TokenizeStats, load_conversations, rejected_lines, tokenize_dataset
-from belle.modeling import grow_embeddings, load_tokenizer, resolve_template, write_checkpoint_info
+from belle.modeling import grow_embeddings, load_tokenizer, reply_end_ids, resolve_template, write_checkpoint_info
 from belle.records import DataError, report_rejects
 from belle.templates import Template, to_jinja
 from belle.tokenization import collate
 from belle.train.checkpoints import CheckpointCallback, foreign_checkpoints, remove_incomplete, resolve_resume
-from belle.train.config import TrainConfig
+from belle.train.config import RL_STAGES, TrainConfig
 from belle.train.fingerprint import differences, read_fingerprint, run_fingerprint, write_fingerprint
 from belle.train.lora import adapter_report, describe, resolve_targets, target_problems
 from belle.train.merge import write_generation_config
@@ -32,6 +32,10 @@ from belle.train.report import ThroughputCallback, write_report
 logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+SCORE_HEADS = ("score", "classifier")
+"""Names of the head of transformers' sequence-classification models (the reward model's score)."""
+TRL_STAGES = ("dpo", "rm", "kto", *RL_STAGES)
+"""Stages trained by a TRL trainer; sft and pt use transformers' `Trainer` with belle's own encoding."""
 
 
 @dataclass
@@ -63,6 +67,8 @@ def train(config: TrainConfig) -> Path:
         report_rejects(data.rejected, output_dir / "data")
     model = load_for_training(config, precision, tokenizer)
     check_packing(model, config)
+    if config.stage in RL_STAGES:
+        set_reply_ends(model, tokenizer, template)
     trainer, throughput = build_trainer(config, args, model, tokenizer, data)
     with args.main_process_first(desc="finding the checkpoint to resume from"):
         resume_from = resolve_resume(output_dir, config.resume)
@@ -76,6 +82,7 @@ def train(config: TrainConfig) -> Path:
         logger.info("resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     eval_metrics = _final_eval(trainer) if data.eval is not None else None
+    lora_report = adapter_report(model) if config.method != "full" else None
     save_final(trainer, config, template, tokenizer, precision)
     if trainer.is_world_process_zero():
         train_metrics = {**result.metrics, **(throughput.totals if throughput else {})}
@@ -85,7 +92,7 @@ def train(config: TrainConfig) -> Path:
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
             "data": data.stats,
-            "lora": adapter_report(model) if config.method != "full" else None,
+            "lora": lora_report,
         }
         write_report(output_dir, config_to_dict(config), metrics)
         print((output_dir / "summary.md").read_text(encoding="utf-8"))
@@ -151,16 +158,8 @@ def training_arguments(config: TrainConfig, precision: str) -> Any:
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    if config.stage == "dpo":
-        from trl import DPOConfig
-
-        args = DPOConfig(
-            **kwargs,
-            beta=config.dpo.beta,
-            loss_type=[config.dpo.loss_type],
-            max_length=config.data.max_length,
-            dataset_num_proc=config.data.num_proc,
-        )
+    if config.stage in TRL_STAGES:
+        args = trl_arguments(config, kwargs)
     else:
         from transformers import TrainingArguments
 
@@ -174,13 +173,55 @@ def training_arguments(config: TrainConfig, precision: str) -> Any:
     return args
 
 
+def trl_arguments(config: TrainConfig, kwargs: dict[str, Any]) -> Any:
+    """TRL's config of the stage's trainer: `kwargs` (the `TrainingArguments` all stages share) and the
+    stage's own settings. For grpo and rloo the batch sizes count completions, `rl.num_generations` of
+    them per prompt; an eval batch holds the completions of one optimizer step."""
+    d, t = config.data, config.training
+    if config.stage == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig(**kwargs, beta=config.dpo.beta, loss_type=[config.dpo.loss_type], max_length=d.max_length,
+                         dataset_num_proc=d.num_proc)
+    if config.stage == "rm":
+        from trl import RewardConfig
+
+        # An eval before the first step gives the accuracy to beat: chance, for a new score head.
+        return RewardConfig(**kwargs, max_length=d.max_length, dataset_num_proc=d.num_proc,
+                            eval_on_start=kwargs["eval_strategy"] != "no")
+    if config.stage == "kto":
+        from trl import KTOConfig
+
+        k = config.kto
+        return KTOConfig(**kwargs, beta=k.beta, desirable_weight=k.desirable_weight, undesirable_weight=k.undesirable_weight,
+                         max_length=d.max_length, dataset_num_proc=d.num_proc)
+    from trl import GRPOConfig, RLOOConfig
+
+    rl = config.rl
+    kwargs["per_device_eval_batch_size"] = t.batch_size * t.gradient_accumulation_steps
+    return (GRPOConfig if config.stage == "grpo" else RLOOConfig)(
+        **kwargs,
+        num_generations=rl.num_generations,
+        max_completion_length=rl.max_new_tokens,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        beta=rl.beta,
+        num_iterations=rl.num_iterations,
+        epsilon=rl.epsilon,
+        reward_weights=[float(w) for w in config.reward.weights.values()],
+        log_completions=False,
+    )
+
+
 def prepare_data(config: TrainConfig, tokenizer: Any, template: Template) -> TrainData:
     """Read, split and encode the data; raise `UsageError` for data that cannot train anything."""
     d = config.data
     policy = "strict" if d.strict else "skip"
     try:
-        if config.stage == "dpo":
+        if config.stage in ("dpo", "rm", "kto"):
             return _preference_data(config, policy)
+        if config.stage in RL_STAGES:
+            return _prompt_data(config, policy, tokenizer)
         format = "text" if config.stage == "pt" else d.format
         train_records = load_conversations(d.train_files, format, policy)
         eval_records = load_conversations(d.validation_files, format, policy) if d.validation_files else None
@@ -232,21 +273,78 @@ def _require_samples(stats: TokenizeStats, key: str, files: list[str], max_lengt
 
 
 def _preference_data(config: TrainConfig, policy: str) -> TrainData:
-    from belle.train.preference import load_preference_pairs
+    """Preference pairs (dpo, rm) or good and bad answers (kto: shuffled, since TRL's KTO reads them in
+    order and pairs each example with its neighbour's prompt for the KL estimate)."""
+    from belle.train.preference import load_kto_examples, load_preference_pairs
 
     d = config.data
-    train_set, report = load_preference_pairs(d.train_files, policy)
+    read, what = (load_kto_examples, "example") if config.stage == "kto" else (load_preference_pairs, "preference pair")
+    train_set, report = read(d.train_files, policy)
     if len(train_set) == 0:
-        raise UsageError(f"data.train_files ({', '.join(d.train_files)}): no usable preference pair ({report.summary()})")
+        raise UsageError(f"data.train_files ({', '.join(d.train_files)}): no usable {what} ({report.summary()})")
     eval_set, rejected = None, list(report.lines)
     if d.validation_files:
-        eval_set, eval_report = load_preference_pairs(d.validation_files, policy)
+        eval_set, eval_report = read(d.validation_files, policy)
         rejected += eval_report.lines
+        if len(eval_set) == 0:
+            raise UsageError(f"data.validation_files ({', '.join(d.validation_files)}): no usable {what} ({eval_report.summary()})")
     elif d.validation_split:
-        split = train_set.train_test_split(test_size=d.validation_split, seed=config.training.seed)
-        train_set, eval_set = split["train"], split["test"]
-    stats = {"records": len(train_set) + report.total, "rejected": dict(report.counts), "pairs": len(train_set)}
+        train_set, eval_set = _split(train_set, d.validation_split, config.training.seed, d.train_files)
+    stats: dict[str, Any] = {"records": len(train_set) + report.total, "rejected": dict(report.counts)}
+    if config.stage == "kto":
+        train_set = train_set.shuffle(seed=config.training.seed)
+        desirable = sum(train_set["label"])
+        stats.update(examples=len(train_set), desirable=desirable, undesirable=len(train_set) - desirable)
+    else:
+        stats["pairs"] = len(train_set)
     return TrainData(train_set, eval_set, stats, rejected)
+
+
+def _prompt_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainData:
+    """Prompts for grpo and rloo. A prompt longer than data.max_length - rl.max_new_tokens tokens, as the
+    template renders it for generation, leaves no room for its completion: it is dropped and counted."""
+    from belle.train.prompts import load_prompts
+
+    d = config.data
+    room = d.max_length - config.rl.max_new_tokens
+    splits, rejected, stats = {}, [], {}
+    for key, files in (("data.train_files", d.train_files), ("data.validation_files", d.validation_files)):
+        if not files:
+            continue
+        prompts, report = load_prompts(files, policy)
+        rejected += report.lines
+        fitting = _fitting_prompts(prompts, tokenizer, room, d.num_proc)
+        where = f"{key} ({', '.join(files)})"
+        if len(prompts) == 0:
+            raise UsageError(f"{where}: no usable prompt ({report.summary()})")
+        if len(fitting) == 0:
+            raise UsageError(f"{where}: no prompt fits: all {len(prompts)} are longer than data.max_length - "
+                             f"rl.max_new_tokens = {room} tokens; raise data.max_length or lower rl.max_new_tokens")
+        splits[key] = fitting
+        if key == "data.train_files":
+            stats = {"records": len(prompts) + report.total, "rejected": dict(report.counts),
+                     "dropped": {f"longer than {room} tokens": len(prompts) - len(fitting)}}
+    train_set, eval_set = splits["data.train_files"], splits.get("data.validation_files")
+    dropped = stats["dropped"][f"longer than {room} tokens"]
+    if dropped:
+        logger.warning("dropped %d of %d prompts: longer than data.max_length - rl.max_new_tokens = %d tokens",
+                       dropped, dropped + len(train_set), room)
+    if d.validation_split:
+        train_set, eval_set = _split(train_set, d.validation_split, config.training.seed, d.train_files)
+    stats["prompts"] = len(train_set)
+    return TrainData(train_set, eval_set, stats, rejected)
+
+
+def _fitting_prompts(prompts: Any, tokenizer: Any, room: int, num_proc: int | None) -> Any:
+    """The prompts whose rendering for generation (as TRL renders it) takes at most `room` tokens."""
+    if len(prompts) == 0:
+        return prompts
+
+    def fits(batch: dict[str, list]) -> list[bool]:
+        ids = tokenizer.apply_chat_template(batch["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        return [len(row) <= room for row in ids]
+
+    return prompts.filter(fits, batched=True, num_proc=num_proc, desc="measuring prompts")
 
 
 def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> Any:
@@ -257,7 +355,7 @@ def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> An
     the base, so those load in the compute dtype.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     keeps_fp32 = config.method == "full" and not config.training.deepspeed
     dtype = getattr(torch, TORCH_DTYPES["fp32" if keeps_fp32 else precision])
@@ -269,7 +367,12 @@ def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> An
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(
+    if config.stage == "rm":
+        from transformers import set_seed
+
+        kwargs["num_labels"] = 1
+        set_seed(config.training.seed)  # the new score head's initial weights
+    model = (AutoModelForSequenceClassification if config.stage == "rm" else AutoModelForCausalLM).from_pretrained(
         config.model.path,
         dtype=dtype,
         attn_implementation=config.model.attn_implementation,
@@ -278,6 +381,9 @@ def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> An
         **kwargs,
     )
     grow_embeddings(model, tokenizer)
+    if config.stage == "rm":
+        # The score is read at the last token that is not padding.
+        model.config.pad_token_id = tokenizer.pad_token_id
     if config.method == "full":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -292,12 +398,16 @@ def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> An
     problems = target_problems(lora.target_modules, model)
     if problems:
         raise UsageError(problems[0])
+    targets = resolve_targets(lora.target_modules, model)
+    if config.stage == "rm":
+        # peft trains the score head in full (task type SEQ_CLS puts it in modules_to_save), so no adapter on it.
+        targets = [name for name in targets if name not in SCORE_HEADS]
     peft_config = LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if config.stage == "rm" else "CAUSAL_LM",
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=resolve_targets(lora.target_modules, model),
+        target_modules=targets,
         modules_to_save=list(lora.modules_to_save) or None,
     )
     model = get_peft_model(model, peft_config)
@@ -306,27 +416,37 @@ def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> An
 
 
 def build_trainer(config: TrainConfig, args: Any, model: Any, tokenizer: Any, data: TrainData) -> tuple[Any, ThroughputCallback | None]:
+    """The stage's trainer; every one keeps the Trainer's own checkpoint rotation off and belle's
+    `CheckpointCallback` on. grpo and rloo sample with `model.generation_config` (see `set_reply_ends`)."""
     checkpoints = CheckpointCallback(config.training.save_total_limit)
-    if config.stage == "dpo":
-        from trl import DPOTrainer
+    common = dict(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
+                  callbacks=[checkpoints])
+    if config.stage in TRL_STAGES:
+        import trl
 
-        trainer = DPOTrainer(
-            model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-            processing_class=tokenizer, callbacks=[checkpoints],
-        )
-        return trainer, None
+        if config.stage in RL_STAGES:
+            from belle.train.rewards import build_rewards
+
+            reward_funcs, _ = build_rewards(config.reward, tokenizer)  # their weights are in args already
+            trainer_class = trl.GRPOTrainer if config.stage == "grpo" else trl.RLOOTrainer
+            return trainer_class(reward_funcs=reward_funcs, **common), None
+        trainer_class = {"dpo": trl.DPOTrainer, "rm": trl.RewardTrainer, "kto": trl.KTOTrainer}[config.stage]
+        return trainer_class(**common), None
     import torch
     from transformers import Trainer
 
     collator = partial(collate, pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
     throughput = ThroughputCallback(tokenizer.pad_token_id)
-    trainer = Trainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=collator, processing_class=tokenizer, callbacks=[checkpoints],
-    )
+    trainer = Trainer(data_collator=collator, **common)
     # First, so the progress bar and TensorBoard see the throughput it adds to each log line.
     trainer.callback_handler.callbacks.insert(0, throughput)
     return trainer, throughput
+
+
+def set_reply_ends(model: Any, tokenizer: Any, template: Template) -> None:
+    """Make generation stop where the template ends a reply (EOS, the generation config's ends, and the
+    template's own end-of-turn token): TRL's grpo and rloo stop at the ids in `model.generation_config`."""
+    model.generation_config.eos_token_id = sorted(reply_end_ids(model, tokenizer, template))
 
 
 def save_final(trainer: Any, config: TrainConfig, template: Template, tokenizer: Any, precision: str) -> None:
@@ -335,15 +455,27 @@ def save_final(trainer: Any, config: TrainConfig, template: Template, tokenizer:
 
     Under ZeRO-3 every rank takes part in gathering the 16-bit weights. A full model trained in
     fp32 master weights with bf16/fp16 autocast is saved in that 16-bit dtype, as BELLE releases are.
+    A reward model (stage rm) is always saved as a full sequence-classification model: a LoRA one is
+    merged into its base first, its score head as trained, so transformers loads it alone.
     """
     import torch
 
     model = trainer.model
     model.config.use_cache = True
+    unwrapped = trainer.accelerator.unwrap_model(model)
+    if "ref" in getattr(unwrapped, "peft_config", {}):
+        # TRL's frozen copy of the starting adapter (the reference of dpo, grpo, rloo), not a result.
+        unwrapped.delete_adapter("ref")
+    if config.stage == "rm" and config.method != "full":
+        model = unwrapped.merge_and_unload()
     if config.method == "full" and not config.training.deepspeed and precision != "fp32":
         model.to(getattr(torch, TORCH_DTYPES[precision]))
-    trainer.save_model(config.output_dir)
+    if model is trainer.model:
+        trainer.save_model(config.output_dir)
+    elif trainer.is_world_process_zero():
+        model.save_pretrained(config.output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
         write_checkpoint_info(config.output_dir, template.name, config=config_to_dict(config), trained_by="belle train")
-        write_generation_config(Path(config.output_dir), model, tokenizer, template)
+        if config.stage != "rm":
+            write_generation_config(Path(config.output_dir), model, tokenizer, template)

@@ -1,5 +1,6 @@
 """Every shipped recipe in train/configs/ runs as the README shows it: one plain process and
-`torchrun --nproc_per_node 2`, with only the model, data, output folder and step count overridden.
+`torchrun --nproc_per_node 2`, with only the model, data, output folder and step count overridden
+(and grpo's reward model, the other placeholder).
 
 The runs also carry the checks on what DeepSpeed saves (they replace test_deepspeed.py's own
 two-process runs): one optimizer shard per rank, and a final model with every tensor whole (ZeRO-3
@@ -30,6 +31,9 @@ RECIPES = {
     "llama_ext_7b": SFT,
     "pt": (SAMPLES / "pretrain.jsonl",),
     "dpo": (SAMPLES / "dpo.jsonl",),
+    "rm": (SAMPLES / "rm_pairs.jsonl",),
+    "grpo": (SAMPLES / "math_prompts.jsonl",),
+    "kto": (SAMPLES / "kto.jsonl",),
 }
 
 
@@ -69,13 +73,28 @@ def test_a_partial_launcher_environment_is_a_usage_error(tiny_model_dir, tmp_pat
     assert "WORLD_SIZE set but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT not" in err and "Traceback" not in err
 
 
-def recipe_command(recipe: str, model: str, out: str, processes: int) -> list[str]:
-    """The README's command for `recipe` with the four overrides; under torchrun for 2 processes."""
+@pytest.fixture(scope="session")
+def reward_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model as a reward model folder, the kind stage rm writes: a sequence classifier with
+    one label (its score head untrained), with the tokenizer and chat template."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("reward_model")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def recipe_command(recipe: str, model: str, out: str, processes: int, *extra: str) -> list[str]:
+    """The README's command for `recipe` with the four overrides (and `extra`); under torchrun for 2 processes."""
     launcher = ["-m", "belle"] if processes == 1 else [
         "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port()), "-m", "belle.train"]
     train = ["train"] if processes == 1 else []
     return [sys.executable, *launcher, *train, "--config", f"train/configs/{recipe}.yaml", f"model.path={model}",
-            f"data.train_files={files_list(*RECIPES[recipe])}", f"output_dir={out}", "training.max_steps=2"]
+            f"data.train_files={files_list(*RECIPES[recipe])}", f"output_dir={out}", "training.max_steps=2", *extra]
 
 
 def expected_samples(config: dict, processes: int, records: int) -> int:
@@ -88,15 +107,17 @@ def expected_samples(config: dict, processes: int, records: int) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "torchrun-2"])
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_shipped_recipe_runs_as_written(recipe, processes, tiny_model_dir, tmp_path):
+def test_shipped_recipe_runs_as_written(recipe, processes, tiny_model_dir, tmp_path, request):
     """Exit 0 with no traceback, a loss logged, 2 optimizer steps, a COMPLETE checkpoint and a saved
     final model or adapter. A full model is saved whole (every tensor at full shape, even under
-    ZeRO-3), finite, trained, and loads. Under DeepSpeed on two ranks the checkpoint holds one
-    optimizer shard per rank. For unpacked SFT, throughput counts exactly the samples trained."""
+    ZeRO-3), finite, trained, and loads (a reward model as a one-score sequence classifier). Under
+    DeepSpeed on two ranks the checkpoint holds one optimizer shard per rank. For unpacked SFT,
+    throughput counts exactly the samples trained; grpo logs its reward."""
     config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text(encoding="utf-8"))
     out = tmp_path / "run"
     env = {k: v for k, v in cli_env(OMP_NUM_THREADS="1").items() if k not in LAUNCHER_VARIABLES}
-    result = subprocess.run(recipe_command(recipe, str(tiny_model_dir), str(out), processes), cwd=REPO, env=env,
+    extra = [f"reward.model={request.getfixturevalue('reward_model_dir')}"] if config["stage"] in ("grpo", "rloo") else []
+    result = subprocess.run(recipe_command(recipe, str(tiny_model_dir), str(out), processes, *extra), cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, tail(result)
     assert "Traceback" not in result.stderr, tail(result)
@@ -110,10 +131,15 @@ def test_shipped_recipe_runs_as_written(recipe, processes, tiny_model_dir, tmp_p
         assert shards == ["zero_pp_rank_0", "zero_pp_rank_1"], f"not a two-rank ZeRO checkpoint: {shards}"
     if config["stage"] == "sft" and not config["data"].get("pack"):
         assert metrics["train"]["samples"] == expected_samples(config, processes, len(read_jsonl(SFT[0])))
+    if config["stage"] in ("grpo", "rloo"):
+        assert [h["reward"] for h in metrics["log_history"] if "reward" in h], "no reward logged"
     if config["method"] == "lora":
         assert load_weights(out / "adapter_model.safetensors"), "empty adapter"
         return
     trained, base = load_weights(out / "model.safetensors"), load_weights(tiny_model_dir / "model.safetensors")
+    if config["stage"] == "rm":
+        assert_reward_model(out, trained, base)
+        return
     assert trained.keys() == base.keys()
     for name, tensor in base.items():
         assert trained[name].shape == tensor.shape, f"{name}: saved {tuple(trained[name].shape)}, expected {tuple(tensor.shape)}"
@@ -124,3 +150,19 @@ def test_shipped_recipe_runs_as_written(recipe, processes, tiny_model_dir, tmp_p
     model = AutoModelForCausalLM.from_pretrained(out)
     logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
     assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
+
+
+def assert_reward_model(out, trained, base):
+    """A reward model folder: the base's body (trained, finite, whole) under a one-score head, which
+    plain transformers loads and runs."""
+    from transformers import AutoModelForSequenceClassification
+
+    body = {k: v for k, v in base.items() if k.startswith("model.")}
+    assert body and set(body) <= trained.keys() and trained["score.weight"].shape == (1, base["model.embed_tokens.weight"].shape[1])
+    for name, tensor in body.items():
+        assert trained[name].shape == tensor.shape and torch.isfinite(trained[name]).all(), name
+    assert max((trained[k].float() - body[k]).abs().max().item() for k in body) > 0, "the saved body is the base's"
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 1
+    scores = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert scores.shape == (1, 1) and torch.isfinite(scores).all()
