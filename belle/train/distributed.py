@@ -21,6 +21,15 @@ logger = logging.getLogger(__name__)
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def world_size(env: MutableMapping[str, str] = os.environ) -> int:
+    """Processes of this run, as torchrun, accelerate and the deepspeed launcher announce them (1
+    without a launcher)."""
+    try:
+        return max(int(env.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that nothing listens on now."""
     with socket.socket() as s:

@@ -23,6 +23,7 @@ its `file:line` and reason (policy `skip`) or stops the read with `DataError` (p
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from belle.conversation import Policy, is_multiturn_string, record_to_messages, validate_messages
@@ -129,26 +130,35 @@ def kto_examples(record: Any) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class ReadReport(RejectReport):
+    """A `RejectReport` that also counts every record read, kept or rejected (a kto pair is one
+    record and two rows)."""
+
+    records: int = 0
+
+
 def read_rows(
     sources: Any,
     policy: Policy,
     convert: Callable[[Any], list[dict[str, Any]]],
     columns: tuple[str, ...],
-) -> tuple[Any, RejectReport]:
+) -> tuple[Any, ReadReport]:
     """Every record of `sources` through `convert` (one record -> rows, or `Rejection`) into a
     `datasets.Dataset` with `columns`; rejected records are counted in the report, or raise
     `DataError` at the first one with policy `strict`."""
     from datasets import Dataset
 
-    report = RejectReport()
+    report = ReadReport()
     rows = list(_rows(as_source_list(sources), policy, report, convert))
     dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({name: [] for name in columns})
     return dataset, report
 
 
-def _rows(sources: list[Any], policy: Policy, report: RejectReport, convert: Callable[[Any], list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+def _rows(sources: list[Any], policy: Policy, report: ReadReport, convert: Callable[[Any], list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
     for source in sources:
         for location, _, record in iter_source_records(source):
+            report.records += 1
             try:
                 if isinstance(record, Rejection):
                     raise record
@@ -159,12 +169,12 @@ def _rows(sources: list[Any], policy: Policy, report: RejectReport, convert: Cal
                     raise DataError(line) from None
 
 
-def load_preference_pairs(sources: Any, policy: Policy = "skip") -> tuple[Any, RejectReport]:
+def load_preference_pairs(sources: Any, policy: Policy = "skip") -> tuple[Any, ReadReport]:
     """Read every pair into a `datasets.Dataset` with columns prompt, chosen, rejected."""
     return read_rows(sources, policy, lambda record: [preference_pair(record)], ("prompt", "chosen", "rejected"))
 
 
-def load_kto_examples(sources: Any, policy: Policy = "skip") -> tuple[Any, RejectReport]:
+def load_kto_examples(sources: Any, policy: Policy = "skip") -> tuple[Any, ReadReport]:
     """Read unpaired examples (and pairs, split in two) into a `datasets.Dataset` with columns prompt,
     completion, label."""
     return read_rows(sources, policy, kto_examples, ("prompt", "completion", "label"))

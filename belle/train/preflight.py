@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
+import math
 from pathlib import Path
 from typing import Any
 
 from belle.train.checkpoints import MARKER, checkpoint_step, complete_checkpoints, foreign_checkpoints
 from belle.train.config import RESUME_MODES, RL_STAGES, TrainConfig
+from belle.train.distributed import world_size
 from belle.train.fingerprint import check_fingerprint
 from belle.train.lora import check_targets
 from belle.train.packing import packing_problems
@@ -57,28 +58,31 @@ def check_run(config: TrainConfig) -> list[str]:
     return problems
 
 
-def world_size() -> int:
-    """Processes of this run, as torchrun, accelerate and the deepspeed launcher announce them."""
-    try:
-        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
-    except ValueError:
-        return 1
-
-
 def batch_problems(config: TrainConfig) -> list[str]:
     """grpo and rloo: the completions of one optimizer step (batch_size x gradient_accumulation_steps x
-    processes) must hold whole groups of rl.num_generations completions."""
+    processes) must hold whole groups of rl.num_generations completions. With the `judge` source, so
+    must each process's share (batch_size x gradient_accumulation_steps): a failed judgment gets the
+    mean of its group's other scores, which the process only has when the whole group is its own."""
     t, n = config.training, config.rl.num_generations
     processes = world_size()
-    completions = t.batch_size * t.gradient_accumulation_steps * processes
-    if completions % n == 0:
-        return []
-    return [
-        f"training.batch_size: stage {config.stage} counts the batch in completions: batch_size {t.batch_size} x "
-        f"gradient_accumulation_steps {t.gradient_accumulation_steps} x {processes} process(es) = {completions} per step, "
-        f"which must be a multiple of rl.num_generations ({n}) to hold whole groups of a prompt's completions "
-        f"(e.g. training.batch_size={n})"
-    ]
+    per_process = t.batch_size * t.gradient_accumulation_steps
+    completions = per_process * processes
+    if completions % n:
+        return [
+            f"training.batch_size: stage {config.stage} counts the batch in completions: batch_size {t.batch_size} x "
+            f"gradient_accumulation_steps {t.gradient_accumulation_steps} x {processes} process(es) = {completions} per step, "
+            f"which must be a multiple of rl.num_generations ({n}) to hold whole groups of a prompt's completions "
+            f"(e.g. training.batch_size={n})"
+        ]
+    if "judge" in config.reward.weights and per_process % n:
+        return [
+            f"training.batch_size: with the judge reward source each process must hold whole groups of a prompt's "
+            f"completions (a failed judgment gets its group's mean score), but batch_size {t.batch_size} x "
+            f"gradient_accumulation_steps {t.gradient_accumulation_steps} = {per_process} per process is not a multiple "
+            f"of rl.num_generations ({n}); set training.batch_size to a multiple of {n // math.gcd(t.gradient_accumulation_steps, n)}, "
+            f"or lower rl.num_generations"
+        ]
+    return []
 
 
 def _check_paths(config: TrainConfig) -> list[str]:

@@ -251,6 +251,9 @@ def write_summary(path: Path, config: dict[str, Any], metrics: dict[str, Any]) -
     if "examples" in data:
         split = [f"{data[k]} {k}" for k in ("desirable", "undesirable") if k in data]
         lines.append(f"- examples: {data['examples']}" + (f" ({', '.join(split)})" if split else ""))
+    for key, where in (("dropped", "training"), ("eval_dropped", "validation")):
+        if sum((data.get(key) or {}).values()):
+            lines.append(f"- dropped from the {where} data: " + ", ".join(f"{n} {why}" for why, n in data[key].items() if n))
     if metrics.get("lora"):
         lines.append(f"- {describe(metrics['lora'])}")
     lines += [

@@ -13,9 +13,8 @@ Sources (`REWARD_SOURCES`):
   chat template, as the RM was trained.
 - `judge`: an LLM judge's score in [0, 1] with belle's per-class judge prompts, through
   `belle.llm` (cache, retries, concurrency). A judgment that fails gets the mean of its prompt
-  group's successful scores, which leaves the group-relative advantages as they would be without
-  it (None when the whole group failed); never 0, which would punish a completion for the
-  judge's fault.
+  group's successful scores (None when the whole group failed); never 0, which would punish a
+  completion for the judge's fault. That fill is neutral, not invisible: see `neutral_fill`.
 - `math_answer`, `format`, `length`, `eos`: rules, see their functions.
 """
 
@@ -31,7 +30,7 @@ import re
 import unicodedata
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from belle.cli import UsageError
 
@@ -160,19 +159,24 @@ def _judge_prompts(judge: JudgeRewardConfig) -> dict[str, str]:
     return read_judge_prompts(path)
 
 
-def build_rewards(reward: RewardConfig, tokenizer: Any) -> tuple[list[Callable[..., list[float | None]]], list[float]]:
-    """TRL reward functions in the order of `reward.weights`, each named after its source, and
-    their weights. `tokenizer` is the policy's (its EOS ids for `eos`). Call `reward_problems`
-    first: this assumes a valid `reward`. Nothing is loaded or called until a function runs."""
+def build_rewards(reward: RewardConfig, end_ids: Iterable[int]) -> list[Callable[..., list[float | None]]]:
+    """TRL reward functions in the order of `reward.weights`, each named after its source (their
+    weights are `reward.weights`' values, in the same order). `end_ids` are the token ids that end
+    a completion, the ones generation stops on (`model.generation_config.eos_token_id` after
+    `belle.train.run.set_reply_ends`: EOS, the generation config's ends and the template's
+    end-of-turn token); `eos` rewards a completion whose last token is one of them. Call
+    `reward_problems` first: this assumes a valid `reward`. Nothing is loaded or called until a
+    function runs."""
+    ends = frozenset(int(i) for i in ([end_ids] if isinstance(end_ids, int) else end_ids))
     builders: dict[str, Callable[[], Callable[..., list[float | None]]]] = {
         "model": lambda: RewardModelScore(reward.model),
         "judge": lambda: JudgeScore(reward.judge),
         "math_answer": lambda: MathAnswer(),
         "format": lambda: FormatMatch(reward.format_pattern or ""),
         "length": lambda: LengthPenalty(reward.length_target),
-        "eos": lambda: EndsWithEos(eos_ids(tokenizer)),
+        "eos": lambda: EndsWithEos(ends),
     }
-    return [builders[name]() for name in reward.weights], [float(w) for w in reward.weights.values()]
+    return [builders[name]() for name in reward.weights]
 
 
 def completion_text(completion: Any) -> str:
@@ -246,19 +250,6 @@ class EndsWithEos:
         return [1.0 if len(ids) and int(ids[-1]) in self.ids else 0.0 for ids in completion_ids]
 
 
-def eos_ids(tokenizer: Any) -> frozenset[int]:
-    """The ids that end a completion, as TRL's generation stops on them: the tokenizer's EOS and
-    the `eos_token_id` (an id or a list) of `generation_config.json` in the tokenizer's folder."""
-    ids = {tokenizer.eos_token_id}
-    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
-    try:
-        configured = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        configured = None
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return frozenset(i for i in ids if isinstance(i, int))
-
-
 # ---------------------------------------------------------------------------------------------
 # Final answers of math texts
 
@@ -272,8 +263,10 @@ _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*?)\s*\}\s*\{\s*([^{}]*?)\s*\}")
 _BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
 _GSM8K = re.compile(r"####")
 _ANSWER = re.compile(r"答案|(?<![回解])答(?=[:：])|answer", re.IGNORECASE)
-# Words that open a concluding sentence; 故 only as a word ("故，"), not in 故事; 共 not in 公共
-_CONCLUSION = re.compile(r"因此|所以|综上|(?<!公)共|故(?=[,，\s])|therefore|thus|hence", re.IGNORECASE)
+# Words that open a concluding sentence. 故 only as a word ("故，"), not in 故事; 共 (一共, 总共) only
+# before a number or as 共有/共是/共计, not in 共同, 共享, 公共, ...
+_CONCLUSION = re.compile(r"因此|所以|综上|[一总]?共(?:[有是计]|(?=[\s:：]*[-−]?\d))|故(?=[,，\s])|therefore|thus|hence",
+                         re.IGNORECASE)
 _CLAUSE_END = re.compile(r"[。！？!?；;\n，,]|\.(?!\d)")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _EQUALS = re.compile(r"=|≈")
@@ -284,8 +277,8 @@ def final_answer(text: str) -> str | None:
 
     Where: the last `\\boxed{…}`; else the text after the last `####` (GSM8K); else the clause
     after the last 答案 / 答： / "answer"; else the clause after the last concluding word (因此,
-    所以, 综上, 故, 共/总共/一共, therefore, ...); else the whole text. A clause ends at the next
-    comma or sentence end. Within it, a chain `… = x` gives the number after the last `=` (or `≈`),
+    所以, 综上, 故, 共/一共/总共 before a number, 共有/共是/共计, therefore, ...); else the whole
+    text. A clause ends at the next comma or sentence end. Within it, a chain `… = x` gives the number after the last `=` (or `≈`),
     otherwise the clause's last number ("因此，张姨买5双鞋需要25元" -> 25). The first of these
     places that holds a number decides; a text with a number in none of them gives its last number.
 
@@ -529,7 +522,14 @@ class JudgeScore:
 
 def neutral_fill(scores: list[float | None], groups: list[str]) -> list[float | None]:
     """`scores` with each None replaced by the mean of the other scores of its group (completions
-    of the same prompt), or left None when none of its group has a score."""
+    of the same prompt), or left None when none of its group has a score.
+
+    Neutral: the group's mean stays what it was without the failed one, so the failed completion
+    gets zero advantage from this source and every other one keeps its reward minus that mean.
+    The scaled advantages do change a little: the group looks one larger and, under GRPO's
+    per-group std scaling, less spread (the same squared deviations over one more completion), so
+    the others' advantages grow slightly; RLOO's leave-one-out baselines likewise shift them by a
+    common factor, keeping their signs and order."""
     by_group: dict[str, list[float]] = {}
     for score, group in zip(scores, groups, strict=True):
         if score is not None:

@@ -7,7 +7,9 @@ weights while loading them instead of materialising the whole model on every ran
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from belle.templates import Template, to_jinja
 from belle.tokenization import collate
 from belle.train.checkpoints import CheckpointCallback, foreign_checkpoints, remove_incomplete, resolve_resume
 from belle.train.config import RL_STAGES, TrainConfig
+from belle.train.distributed import world_size
 from belle.train.fingerprint import differences, read_fingerprint, run_fingerprint, write_fingerprint
 from belle.train.lora import adapter_report, describe, resolve_targets, target_problems
 from belle.train.merge import write_generation_config
@@ -62,7 +65,7 @@ def train(config: TrainConfig) -> Path:
         data = prepare_data(config, tokenizer, template)
     if args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
+        save_config(saved_config(config), output_dir / "config.yaml")
         _record_fingerprint(config)
         report_rejects(data.rejected, output_dir / "data")
     model = load_for_training(config, precision, tokenizer)
@@ -80,6 +83,7 @@ def train(config: TrainConfig) -> Path:
                                "neither resumes from it nor removes it", path)
     if resume_from:
         logger.info("resuming from %s", resume_from)
+        trainer.args.eval_on_start = False  # the eval before the first step is in the checkpoint's log already
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     eval_metrics = _final_eval(trainer) if data.eval is not None else None
     lora_report = adapter_report(model) if config.method != "full" else None
@@ -94,9 +98,21 @@ def train(config: TrainConfig) -> Path:
             "data": data.stats,
             "lora": lora_report,
         }
-        write_report(output_dir, config_to_dict(config), metrics)
+        write_report(output_dir, config_to_dict(saved_config(config)), metrics)
         print((output_dir / "summary.md").read_text(encoding="utf-8"))
     return output_dir
+
+
+def saved_config(config: TrainConfig) -> TrainConfig:
+    """`config` as a run's files keep it (config.yaml, belle.json, summary.md): the judge's base URL
+    without its secrets (`belle.llm.redact_url`)."""
+    from belle.llm import redact_url
+
+    judge = config.reward.judge
+    if redact_url(judge.base_url) == judge.base_url:
+        return config
+    judge = dataclasses.replace(judge, base_url=redact_url(judge.base_url))
+    return dataclasses.replace(config, reward=dataclasses.replace(config.reward, judge=judge))
 
 
 def _record_fingerprint(config: TrainConfig) -> None:
@@ -175,9 +191,11 @@ def training_arguments(config: TrainConfig, precision: str) -> Any:
 
 def trl_arguments(config: TrainConfig, kwargs: dict[str, Any]) -> Any:
     """TRL's config of the stage's trainer: `kwargs` (the `TrainingArguments` all stages share) and the
-    stage's own settings. For grpo and rloo the batch sizes count completions, `rl.num_generations` of
-    them per prompt; an eval batch holds the completions of one optimizer step."""
+    stage's own settings. Trainers that load a reference model themselves load it with the policy's
+    `trust_remote_code`. For grpo and rloo the batch sizes count completions, `rl.num_generations` of
+    them per prompt (see `rl_eval_batch_size`)."""
     d, t = config.data, config.training
+    kwargs = {**kwargs, "trust_remote_code": config.model.trust_remote_code}
     if config.stage == "dpo":
         from trl import DPOConfig
 
@@ -198,7 +216,7 @@ def trl_arguments(config: TrainConfig, kwargs: dict[str, Any]) -> Any:
     from trl import GRPOConfig, RLOOConfig
 
     rl = config.rl
-    kwargs["per_device_eval_batch_size"] = t.batch_size * t.gradient_accumulation_steps
+    kwargs["per_device_eval_batch_size"] = rl_eval_batch_size(t.batch_size, rl.num_generations, world_size())
     return (GRPOConfig if config.stage == "grpo" else RLOOConfig)(
         **kwargs,
         num_generations=rl.num_generations,
@@ -213,13 +231,22 @@ def trl_arguments(config: TrainConfig, kwargs: dict[str, Any]) -> Any:
     )
 
 
+def rl_eval_batch_size(batch_size: int, num_generations: int, processes: int) -> int:
+    """Completions per process in one eval batch of grpo or rloo: the smallest multiple of
+    num_generations / gcd(num_generations, processes) that is at least `batch_size`, so that the
+    processes together hold whole groups (TRL requires the global eval batch to be a multiple of
+    num_generations)."""
+    step = num_generations // math.gcd(num_generations, processes)
+    return -(-batch_size // step) * step
+
+
 def prepare_data(config: TrainConfig, tokenizer: Any, template: Template) -> TrainData:
     """Read, split and encode the data; raise `UsageError` for data that cannot train anything."""
     d = config.data
     policy = "strict" if d.strict else "skip"
     try:
         if config.stage in ("dpo", "rm", "kto"):
-            return _preference_data(config, policy)
+            return _preference_data(config, policy, tokenizer)
         if config.stage in RL_STAGES:
             return _prompt_data(config, policy, tokenizer)
         format = "text" if config.stage == "pt" else d.format
@@ -272,25 +299,44 @@ def _require_samples(stats: TokenizeStats, key: str, files: list[str], max_lengt
     raise UsageError(f"{where}: no sample to train on at max_length {max_length}: of {stats.records} records, {why}")
 
 
-def _preference_data(config: TrainConfig, policy: str) -> TrainData:
+PAIR_RENDERINGS = (("prompt", "chosen"), ("prompt", "rejected"))
+"""What TRL's RewardTrainer tokenizes of a pair (and drops when either is over max_length)."""
+KTO_RENDERINGS = (("prompt", "completion"),)
+"""What TRL's KTOTrainer tokenizes of an example (and cuts at max_length)."""
+
+
+def _preference_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainData:
     """Preference pairs (dpo, rm) or good and bad answers (kto: shuffled, since TRL's KTO reads them in
-    order and pairs each example with its neighbour's prompt for the KL estimate)."""
+    order and pairs each example with its neighbour's prompt for the KL estimate).
+
+    For rm and kto, a row longer than data.max_length tokens as TRL renders it (prompt + chosen and
+    prompt + rejected; prompt + completion) is dropped and counted here, before TRL would drop it
+    uncounted (rm) or cut off the answer it is about (kto). dpo keeps TRL's truncation."""
     from belle.train.preference import load_kto_examples, load_preference_pairs
 
     d = config.data
     read, what = (load_kto_examples, "example") if config.stage == "kto" else (load_preference_pairs, "preference pair")
-    train_set, report = read(d.train_files, policy)
-    if len(train_set) == 0:
-        raise UsageError(f"data.train_files ({', '.join(d.train_files)}): no usable {what} ({report.summary()})")
-    eval_set, rejected = None, list(report.lines)
-    if d.validation_files:
-        eval_set, eval_report = read(d.validation_files, policy)
-        rejected += eval_report.lines
-        if len(eval_set) == 0:
-            raise UsageError(f"data.validation_files ({', '.join(d.validation_files)}): no usable {what} ({eval_report.summary()})")
-    elif d.validation_split:
+    renderings = {"rm": PAIR_RENDERINGS, "kto": KTO_RENDERINGS}.get(config.stage)
+    stats: dict[str, Any] = {}
+    splits, rejected = {}, []
+    for key, files in (("data.train_files", d.train_files), ("data.validation_files", d.validation_files)):
+        if not files:
+            continue
+        rows, report = read(files, policy)
+        rejected += report.lines
+        where = f"{key} ({', '.join(files)})"
+        if len(rows) == 0:
+            raise UsageError(f"{where}: no usable {what} ({report.summary()})")
+        if renderings:
+            rows, dropped = _keep_fitting(rows, tokenizer, d.max_length, renderings, False, d.num_proc, where, f"{what}s",
+                                          "raise data.max_length or shorten the data")
+            stats["dropped" if key == "data.train_files" else "eval_dropped"] = dropped
+        if key == "data.train_files":
+            stats.update(records=report.records, rejected=dict(report.counts))
+        splits[key] = rows
+    train_set, eval_set = splits["data.train_files"], splits.get("data.validation_files")
+    if d.validation_split:
         train_set, eval_set = _split(train_set, d.validation_split, config.training.seed, d.train_files)
-    stats: dict[str, Any] = {"records": len(train_set) + report.total, "rejected": dict(report.counts)}
     if config.stage == "kto":
         train_set = train_set.shuffle(seed=config.training.seed)
         desirable = sum(train_set["label"])
@@ -302,7 +348,8 @@ def _preference_data(config: TrainConfig, policy: str) -> TrainData:
 
 def _prompt_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainData:
     """Prompts for grpo and rloo. A prompt longer than data.max_length - rl.max_new_tokens tokens, as the
-    template renders it for generation, leaves no room for its completion: it is dropped and counted."""
+    template renders it for generation, leaves no room for its completion: it is dropped and counted.
+    The math_answer source needs prompts with a reference: a run where none has one is refused."""
     from belle.train.prompts import load_prompts
 
     d = config.data
@@ -313,38 +360,55 @@ def _prompt_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainData:
             continue
         prompts, report = load_prompts(files, policy)
         rejected += report.lines
-        fitting = _fitting_prompts(prompts, tokenizer, room, d.num_proc)
         where = f"{key} ({', '.join(files)})"
         if len(prompts) == 0:
             raise UsageError(f"{where}: no usable prompt ({report.summary()})")
-        if len(fitting) == 0:
-            raise UsageError(f"{where}: no prompt fits: all {len(prompts)} are longer than data.max_length - "
-                             f"rl.max_new_tokens = {room} tokens; raise data.max_length or lower rl.max_new_tokens")
-        splits[key] = fitting
+        prompts, dropped = _keep_fitting(prompts, tokenizer, room, (("prompt",),), True, d.num_proc, where, "prompts",
+                                         "raise data.max_length or lower rl.max_new_tokens",
+                                         limit_name="data.max_length - rl.max_new_tokens")
         if key == "data.train_files":
-            stats = {"records": len(prompts) + report.total, "rejected": dict(report.counts),
-                     "dropped": {f"longer than {room} tokens": len(prompts) - len(fitting)}}
+            stats = {"records": report.records, "rejected": dict(report.counts), "dropped": dropped}
+        else:
+            stats["eval_dropped"] = dropped
+        splits[key] = prompts
     train_set, eval_set = splits["data.train_files"], splits.get("data.validation_files")
-    dropped = stats["dropped"][f"longer than {room} tokens"]
-    if dropped:
-        logger.warning("dropped %d of %d prompts: longer than data.max_length - rl.max_new_tokens = %d tokens",
-                       dropped, dropped + len(train_set), room)
+    stats["with_reference"] = sum(1 for reference in train_set["reference"] if reference)
+    if "math_answer" in config.reward.weights and not stats["with_reference"]:
+        raise UsageError(f"data.train_files ({', '.join(d.train_files)}): math_answer needs references: none of the "
+                         f"{len(train_set)} prompts has one (a reference, answer, output or std_answer field, or the "
+                         f"reply after a conversation's last user turn); add them, or use other reward sources")
     if d.validation_split:
         train_set, eval_set = _split(train_set, d.validation_split, config.training.seed, d.train_files)
     stats["prompts"] = len(train_set)
     return TrainData(train_set, eval_set, stats, rejected)
 
 
-def _fitting_prompts(prompts: Any, tokenizer: Any, room: int, num_proc: int | None) -> Any:
-    """The prompts whose rendering for generation (as TRL renders it) takes at most `room` tokens."""
-    if len(prompts) == 0:
-        return prompts
+def _keep_fitting(rows: Any, tokenizer: Any, limit: int, renderings: tuple[tuple[str, ...], ...], generation_prompt: bool,
+                  num_proc: int | None, where: str, what: str, fix: str, limit_name: str = "data.max_length") -> tuple[Any, dict[str, int]]:
+    """The rows of `rows` whose every rendering takes at most `limit` tokens, and the count of those
+    dropped (`{"longer than N tokens": k}`, logged as a warning when k > 0).
 
+    Each rendering names the columns (lists of messages) joined into one conversation, which the
+    tokenizer's chat template renders as TRL does (`add_generation_prompt=generation_prompt`).
+    Raises `UsageError` naming `where`, the limit and `fix` when no row fits.
+    """
     def fits(batch: dict[str, list]) -> list[bool]:
-        ids = tokenizer.apply_chat_template(batch["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        return [len(row) <= room for row in ids]
+        keep = [True] * len(batch[renderings[0][0]])
+        for columns in renderings:
+            conversations = [sum((batch[c][i] for c in columns), []) for i in range(len(keep))]
+            ids = tokenizer.apply_chat_template(conversations, add_generation_prompt=generation_prompt, tokenize=True,
+                                                return_dict=True)["input_ids"]
+            keep = [k and len(row) <= limit for k, row in zip(keep, ids)]
+        return keep
 
-    return prompts.filter(fits, batched=True, num_proc=num_proc, desc="measuring prompts")
+    kept = rows.filter(fits, batched=True, num_proc=num_proc, desc=f"measuring {what}")
+    dropped = len(rows) - len(kept)
+    if not len(kept):
+        raise UsageError(f"{where}: none of the {len(rows)} {what} fits: all are longer than {limit_name} = {limit} "
+                         f"tokens; {fix}")
+    if dropped:
+        logger.warning("%s: dropped %d of %d %s longer than %s = %d tokens", where, dropped, len(rows), what, limit_name, limit)
+    return kept, {f"longer than {limit} tokens": dropped}
 
 
 def load_for_training(config: TrainConfig, precision: str, tokenizer: Any) -> Any:
@@ -427,7 +491,8 @@ def build_trainer(config: TrainConfig, args: Any, model: Any, tokenizer: Any, da
         if config.stage in RL_STAGES:
             from belle.train.rewards import build_rewards
 
-            reward_funcs, _ = build_rewards(config.reward, tokenizer)  # their weights are in args already
+            # Their weights are in args already; `eos` rewards the ids generation stops on (`set_reply_ends`).
+            reward_funcs = build_rewards(config.reward, model.generation_config.eos_token_id)
             trainer_class = trl.GRPOTrainer if config.stage == "grpo" else trl.RLOOTrainer
             return trainer_class(reward_funcs=reward_funcs, **common), None
         trainer_class = {"dpo": trl.DPOTrainer, "rm": trl.RewardTrainer, "kto": trl.KTOTrainer}[config.stage]
@@ -476,6 +541,6 @@ def save_final(trainer: Any, config: TrainConfig, template: Template, tokenizer:
         model.save_pretrained(config.output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
-        write_checkpoint_info(config.output_dir, template.name, config=config_to_dict(config), trained_by="belle train")
+        write_checkpoint_info(config.output_dir, template.name, config=config_to_dict(saved_config(config)), trained_by="belle train")
         if config.stage != "rm":
             write_generation_config(Path(config.output_dir), model, tokenizer, template)

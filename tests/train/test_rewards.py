@@ -4,7 +4,6 @@ model on a tiny sequence-classification model, and the LLM judge against the scr
 import json
 import math
 import re
-from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +12,7 @@ from belle.eval.judging import default_judge_prompts_path, read_judge_prompts
 from belle.testing.openai_stub import Fault, serve_stub
 from belle.train.config import JudgeRewardConfig, RewardConfig
 from belle.train.rewards import (
-    REWARD_SOURCES, JudgeScore, RewardModelScore, build_rewards, eos_ids, final_answer, neutral_fill,
+    REWARD_SOURCES, JudgeScore, RewardModelScore, build_rewards, final_answer, neutral_fill,
     reward_problems, same_number,
 )
 from tests.helpers import write_jsonl
@@ -55,6 +54,13 @@ SCHOOL_MATH = {
     "Natalia sold 48/2 = 24 clips in May.\nAltogether she sold 48+24 = 72 clips.\n#### 72": "72",
     "The area is $\\frac{1}{3}$ of the square, so the answer is \\boxed{\\frac{1}{3}}.": "1/3",
     "一共是1.50元": "1.5",
+    # 共 concludes only as 共/一共/总共 before a number or as 共有/共是/共计; not in 共同, 共享, 公共
+    "小红有8个苹果，小明有7个，他们一共有15个苹果，比原来多了3个。": "15",
+    "总共 12 本，还剩 4 本没看。": "12",
+    "共计30元，找回20元。": "30",
+    "把3个苹果共同分给2人，每人1.5个": "1.5",
+    "公共汽车上原有30人，下去了12人，还剩18人": "18",
+    "共享单车每小时2元，骑3小时要付6元": "6",
     "这道题没有给出足够的条件，无法计算。": None,
 }
 
@@ -70,10 +76,9 @@ def test_same_number_equal_values_and_rounded_decimals():
     assert not same_number("0.3", "0.33") and not same_number("1/3", "0.3") and not same_number("12", "13")
 
 
-def run_rule(reward, completions, **kwargs):
+def run_rule(reward, completions, end_ids=(2,), **kwargs):
     name = next(iter(reward.weights))
-    tokenizer = SimpleNamespace(eos_token_id=2, name_or_path="")
-    (function,), _ = build_rewards(reward, tokenizer)
+    (function,) = build_rewards(reward, end_ids)
     prompts = [user("题目")] * len(completions)
     ids = kwargs.pop("completion_ids", [[5, 6]] * len(completions))
     out = function(prompts=prompts, completions=[reply(c) for c in completions], completion_ids=ids, **kwargs)
@@ -97,20 +102,37 @@ def test_format_length_and_eos_rules():
         [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
     assert run_rule(RewardConfig(weights={"eos": 1.0}), ["a", "b", "c"], completion_ids=[[5, 2], [5, 6], []]) == \
         [1.0, 0.0, 0.0]
+    # every id generation stops on counts, e.g. a template's end-of-turn token (9 here) beside EOS
+    assert run_rule(RewardConfig(weights={"eos": 1.0}), ["a", "b", "c"], end_ids=[2, 9],
+                    completion_ids=[[5, 9], [5, 2], [9, 5]]) == [1.0, 1.0, 0.0]
 
 
-def test_eos_ids_include_the_generation_configs(tmp_path):
-    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
-    assert eos_ids(SimpleNamespace(eos_token_id=2, name_or_path=str(tmp_path))) == {2, 7}
-    assert eos_ids(SimpleNamespace(eos_token_id=3, name_or_path=str(tmp_path / "none"))) == {3}
+@pytest.mark.slow
+def test_eos_stops_on_the_templates_end_of_turn_like_generation(tiny_model_dir):
+    """chatml ends a reply with <|im_end|>, not EOS: generation stops there, so `eos` must reward it."""
+    from transformers import AutoModelForCausalLM
+
+    from belle.modeling import load_tokenizer
+    from belle.templates import get_template
+    from belle.train.run import set_reply_ends
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    set_reply_ends(model, tokenizer, get_template("chatml"))
+    end_ids = model.generation_config.eos_token_id
+    (im_end,) = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert im_end != tokenizer.eos_token_id and set(end_ids) == {im_end, tokenizer.eos_token_id}
+    completion_ids = [[5, im_end], [5, tokenizer.eos_token_id], [5, 6], []]
+    assert run_rule(RewardConfig(weights={"eos": 1.0}), ["a", "b", "c", "d"], end_ids=end_ids,
+                    completion_ids=completion_ids) == [1.0, 1.0, 0.0, 0.0]
+    assert run_rule(RewardConfig(weights={"eos": 1.0}), ["a"], end_ids=7, completion_ids=[[7]]) == [1.0]  # one id
 
 
 def test_build_rewards_in_order_with_names_and_weights():
     reward = RewardConfig(weights={"eos": 0.5, "math_answer": 2, "format": -1.0, "length": 0.1},
                           format_pattern="答案")
-    functions, weights = build_rewards(reward, SimpleNamespace(eos_token_id=2, name_or_path=""))
-    assert [f.__name__ for f in functions] == ["eos", "math_answer", "format", "length"]  # TRL's names
-    assert weights == [0.5, 2.0, -1.0, 0.1] and all(type(w) is float for w in weights)
+    functions = build_rewards(reward, [2])
+    assert [f.__name__ for f in functions] == ["eos", "math_answer", "format", "length"]  # TRL's names, weights' order
     assert set(REWARD_SOURCES) == {"model", "judge", "math_answer", "format", "length", "eos"}
 
 
@@ -221,7 +243,7 @@ def test_reward_model_scores_a_batch_like_single_forwards(tiny_rm_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     assert reward_problems(RewardConfig(weights={"model": 1.0}, model=str(tiny_rm_dir))) == []
-    (score,), _ = build_rewards(RewardConfig(weights={"model": 1.0}, model=str(tiny_rm_dir)), None)
+    (score,) = build_rewards(RewardConfig(weights={"model": 1.0}, model=str(tiny_rm_dir)), [2])
     assert isinstance(score, RewardModelScore) and score.model is None  # nothing loads before the first call
     prompts = [user("你好"), user("请计算 3 + 4 等于多少，并写出步骤。"), user("写一首关于春天的短诗。")]
     completions = [reply("你好！有什么可以帮你？"), reply("3 + 4 = 7。答案：7"), reply("春风拂面，柳绿花红。")]

@@ -77,7 +77,9 @@ def test_rm_learns_to_rank_and_saves_a_plain_model(reward_model):
     transformers (no belle, no peft) and scores held-out polite answers above rude ones."""
     accuracy = rewards_by_step(reward_model, "eval_accuracy")
     assert len(accuracy) == 5 and accuracy[0] <= 0.75 and accuracy[-1] > 0.9, accuracy
-    assert read_metrics(reward_model)["eval"]["eval_margin"] > 0
+    metrics = read_metrics(reward_model)
+    assert metrics["eval"]["eval_margin"] > 0
+    assert (metrics["data"]["records"], metrics["data"]["pairs"]) == (64, 48)  # records read, before the split
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(reward_model)
@@ -91,12 +93,24 @@ def test_rm_learns_to_rank_and_saves_a_plain_model(reward_model):
 
 def test_rm_with_lora_saves_the_merged_model(belle_cli, tiny_model_dir, pairs_file, tmp_path):
     """With method=lora the output is still a plain sequence-classification model: the adapter is
-    merged into the base weights and the score head is the trained one."""
+    merged into the base weights and the score head is the trained one. Pairs longer than
+    data.max_length, which TRL would drop without a word, are dropped and counted, in training and
+    validation data alike."""
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
+    long = {"prompt": "你好", "chosen": "很长的回答" * 100, "rejected": "走开"}
+    longer = write_jsonl(tmp_path / "long.jsonl", [long, {**long, "chosen": "好", "rejected": "走开" * 150}])
+    valid = write_jsonl(tmp_path / "valid.jsonl", [*preference_pairs(4, seed=3), long])
     run_train(belle_cli, tiny_model_dir, out, "stage=rm", "method=lora", "lora.r=4", "training.max_steps=3",
-              "training.batch_size=4", "training.learning_rate=1e-3", f"data.train_files={files_list(pairs_file)}")
+              "training.batch_size=4", "training.learning_rate=1e-3", f"data.train_files={files_list(pairs_file, longer)}",
+              f"data.validation_files=[{valid}]", "data.max_length=128")
+    data = read_metrics(out)["data"]
+    assert (data["records"], data["pairs"]) == (66, 64)
+    assert data["dropped"] == {"longer than 128 tokens": 2} and data["eval_dropped"] == {"longer than 128 tokens": 1}
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "- dropped from the training data: 2 longer than 128 tokens" in summary
+    assert "- dropped from the validation data: 1 longer than 128 tokens" in summary
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
     merged, base = load_file(out / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
     q_proj = "model.layers.0.self_attn.q_proj.weight"
@@ -134,13 +148,60 @@ def test_grpo_on_the_reward_model(belle_cli, tiny_model_dir, reward_model, tmp_p
     assert all("kl" in e for e in history if "reward" in e)
 
 
+class MutedEveryFourth:
+    """A judge that scores each answer by its length (longer is better, 20 characters or more: 1)
+    and answers every fourth request with a reply that holds no score."""
+
+    def __init__(self):
+        self.requests = 0
+
+    def __call__(self, request):
+        self.requests += 1
+        if self.requests % 4 == 0:
+            return "这个回答我无法评分。"
+        answer = request["messages"][-1]["content"].split("【模型回答 开始】\n", 1)[1].split("\n【模型回答 结束】", 1)[0]
+        return f"理由：长度合适。\n得分: {min(len(answer), 20) / 20:.2f}"
+
+
+def test_grpo_with_an_llm_judge_counts_its_failures_and_reuses_its_cache(belle_cli, tiny_model_dir, tmp_path):
+    """RL from AI feedback through the CLI: the judge (our scripted OpenAI stub on 127.0.0.1, so no
+    key) fails twice with a 500 (retried) and leaves every fourth answer unscored (counted, never
+    0); a second run with the same seed asks it nothing: every judgment comes from the cache."""
+    from belle.testing.openai_stub import Fault, serve_stub
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": q, "class": "open qa"} for q in QUESTIONS])
+    with serve_stub(MutedEveryFourth(), faults=[Fault(500), Fault(500)]) as stub:
+        judge = ("reward.weights={judge: 1}", "reward.judge.model=stub-model", f"reward.judge.base_url={stub.url}",
+                 f"reward.judge.cache={tmp_path / 'judge.sqlite'}", "rl.num_generations=4", "rl.max_new_tokens=8",
+                 "training.batch_size=8", "training.max_steps=3", "data.max_length=128", f"data.train_files={files_list(prompts)}")
+        run_train(belle_cli, tiny_model_dir, tmp_path / "first", "stage=grpo", *judge)
+        asked = stub.calls
+        run_train(belle_cli, tiny_model_dir, tmp_path / "second", "stage=grpo", *judge)
+        assert stub.calls == asked
+    assert asked > 2 + 3 * 8 // 2  # the two faults and at least one request per distinct answer of 3 steps
+    history = read_metrics(tmp_path / "first")["log_history"]
+    judged = [e for e in history if "rewards/judge/mean" in e]
+    assert len(judged) == 3 and sum(e["judge/failed"] for e in judged) > 0
+    assert all(0 < e["rewards/judge/mean"] <= 1 for e in judged)
+    assert rewards_by_step(tmp_path / "second", "rewards/judge/mean") == [e["rewards/judge/mean"] for e in judged]
+    assert "judge failures" in (tmp_path / "first" / "summary.md").read_text(encoding="utf-8")
+
+
 def test_rloo_with_lora(belle_cli, tiny_model_dir, tmp_path):
+    """RLOO on a LoRA policy, evaluated on validation prompts (one too long for the room left by
+    rl.max_new_tokens, dropped and counted). TRL's RLOOTrainer, given a PeftModel, adds a frozen copy
+    of the starting adapter named "ref" (for any beta); it is not part of the result."""
     out = tmp_path / "run"
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": q, "output": "好的。"} for q in QUESTIONS])
+    valid = write_jsonl(tmp_path / "valid.jsonl", [{"prompt": q} for q in QUESTIONS[:2]] + [{"prompt": "很长的问题" * 60}])
     run_train(belle_cli, tiny_model_dir, out, "stage=rloo", "method=lora", f"data.train_files={files_list(prompts)}",
-              "reward.weights={eos: 1, length: 0.5}", "reward.length_target=4", "rl.num_generations=4",
-              "rl.max_new_tokens=8", "training.batch_size=4", "training.max_steps=2", "data.max_length=128")
+              f"data.validation_files=[{valid}]", "reward.weights={eos: 1, length: 0.5}", "reward.length_target=4",
+              "rl.num_generations=4", "rl.max_new_tokens=8", "training.batch_size=2", "training.gradient_accumulation_steps=2",
+              "training.max_steps=2", "data.max_length=128")
+    metrics = read_metrics(out)
     assert rewards_by_step(out, "rewards/eos/mean") and rewards_by_step(out, "rewards/length/mean")
+    assert metrics["data"]["with_reference"] == 10 and metrics["data"]["eval_dropped"] == {"longer than 120 tokens": 1}
+    assert "eval_reward" in metrics["eval"], metrics["eval"]
     assert (out / "adapter_model.safetensors").is_file() and (out / "generation_config.json").is_file()
     assert not (out / "ref").exists(), "TRL's frozen reference adapter was saved with the policy"
 
@@ -151,6 +212,7 @@ def test_kto_on_preference_pairs(belle_cli, tiny_model_dir, pairs_file, tmp_path
     run_train(belle_cli, tiny_model_dir, out, "stage=kto", f"data.train_files={files_list(pairs_file)}",
               "training.batch_size=4", "training.max_steps=2", "training.learning_rate=1e-4", "data.max_length=128")
     metrics = read_metrics(out)
+    assert metrics["data"]["records"] == 64  # pairs read, each two examples
     assert metrics["data"]["examples"] == 128 and metrics["data"]["desirable"] == 64
     assert [e["step"] for e in metrics["log_history"] if "loss" in e] == [1, 2]
     assert (out / "model.safetensors").is_file()
@@ -159,9 +221,10 @@ def test_kto_on_preference_pairs(belle_cli, tiny_model_dir, pairs_file, tmp_path
 @pytest.mark.parametrize("stage", ["rm", "grpo"])
 def test_resume_after_sigkill(belle_cli, tiny_model_dir, pairs_file, tmp_path, stage):
     """Killed right after checkpoint-2, the rerun resumes from it (checkpoint-2 is left as it was),
-    logs every step once and ends at max_steps."""
+    logs every step once and ends at max_steps; rm's eval before the first step is not rerun on resume."""
     if stage == "rm":
-        settings = ("stage=rm", f"data.train_files={files_list(pairs_file)}", "training.batch_size=4", "data.max_length=128")
+        settings = ("stage=rm", f"data.train_files={files_list(pairs_file)}", "training.batch_size=4", "data.max_length=128",
+                    "data.validation_split=0.125")
     else:
         prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS])
         settings = ("stage=grpo", f"data.train_files={files_list(prompts)}", "reward.weights={eos: 1}",
@@ -174,4 +237,7 @@ def test_resume_after_sigkill(belle_cli, tiny_model_dir, pairs_file, tmp_path, s
     rerun = run_train(belle_cli, tiny_model_dir, out, *settings)
     assert "resuming from" in rerun.stderr and snapshot(out / "checkpoint-2") == kept
     assert (out / "checkpoint-6" / "COMPLETE").is_file() and (out / "model.safetensors").is_file()
-    assert [e["step"] for e in read_metrics(out)["log_history"] if "loss" in e] == list(range(1, 7))
+    history = read_metrics(out)["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == list(range(1, 7))
+    if stage == "rm":
+        assert [e["step"] for e in history if "eval_accuracy" in e] == [0, 2, 4, 6]

@@ -88,7 +88,108 @@ def test_grpo_prompts_too_long_for_the_completion_room_are_refused(refused, deco
     data = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "很长的问题" * 40}])
     message = refused(decoy_model_dir, data, "stage=grpo", "reward.weights={eos: 1}", "data.max_length=64",
                       "rl.max_new_tokens=32", "training.batch_size=8")
-    assert "no prompt fits" in message and "32 tokens" in message
+    assert "none of the 1 prompts fits" in message and "data.max_length - rl.max_new_tokens = 32 tokens" in message
+
+
+@pytest.mark.slow
+def test_grpo_validation_prompts_too_long_are_refused_with_their_files(refused, decoy_model_dir, prompts, tmp_path):
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "很长的问题" * 40}])
+    message = refused(decoy_model_dir, prompts, "stage=grpo", "reward.weights={eos: 1}", "data.max_length=64",
+                      "rl.max_new_tokens=32", "training.batch_size=8", f"data.validation_files=[{long}]")
+    assert f"data.validation_files ({long}): none of the 1 prompts fits" in message
+
+
+@pytest.mark.slow
+def test_math_answer_without_any_reference_is_refused(refused, decoy_model_dir, prompts):
+    message = refused(decoy_model_dir, prompts, "stage=grpo", "reward.weights={math_answer: 1}", "training.batch_size=8")
+    assert "math_answer needs references: none of the 2 prompts has one" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "what"), [("rm", "preference pairs"), ("kto", "examples")])
+def test_preference_data_too_long_is_refused_before_the_model_loads(refused, decoy_model_dir, tmp_path, stage, what):
+    """TRL would drop (rm) or cut (kto) these rows without a word; belle measures them as TRL renders
+    them and refuses a run that has none left."""
+    data = write_jsonl(tmp_path / "long.jsonl", [{**PAIR, "chosen": "很长的回答" * 40, "rejected": "走开" * 60}] * 2)
+    message = refused(decoy_model_dir, data, f"stage={stage}", "data.max_length=64", "training.batch_size=2")
+    assert f"none of the {2 if stage == 'rm' else 4} {what} fits" in message, message
+    assert "data.max_length = 64 tokens" in message and "raise data.max_length" in message
+
+
+@pytest.mark.slow
+def test_judge_groups_split_over_processes_are_refused(refused, decoy_model_dir, prompts, monkeypatch):
+    """Two processes of 2 completions each hold whole groups of 4 together, but the judge fills a
+    failed judgment from its group within one process."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = refused(decoy_model_dir, prompts, "stage=grpo", "reward.weights={judge: 1}", "reward.judge.model=j",
+                      "reward.judge.base_url=http://127.0.0.1:9/v1", "rl.num_generations=4", "training.batch_size=2")
+    assert "= 2 per process is not a multiple of rl.num_generations (4)" in message
+    assert "set training.batch_size to a multiple of 4" in message
+
+
+def test_judge_batch_rule_counts_each_process(tmp_path, prompts, monkeypatch):
+    from belle.train.preflight import batch_problems
+
+    def problems(*overrides):
+        return batch_problems(load_config(TrainConfig, None, [
+            f"model.path={tmp_path}", f"output_dir={tmp_path / 'run'}", f"data.train_files=[{prompts}]", "stage=grpo",
+            "rl.num_generations=4", *overrides]))
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert problems("reward.weights={eos: 1}", "training.batch_size=2") == []
+    assert problems("reward.weights={judge: 1}", "training.batch_size=4") == []
+    assert problems("reward.weights={judge: 1}", "training.batch_size=2", "training.gradient_accumulation_steps=2") == []
+    [message] = problems("reward.weights={judge: 1}", "training.batch_size=3", "training.gradient_accumulation_steps=2")
+    assert "3 x gradient_accumulation_steps 2 = 6 per process" in message and "a multiple of 2," in message
+
+
+def test_world_size_comes_from_the_launcher():
+    from belle.train.distributed import world_size
+
+    assert world_size({}) == 1 and world_size({"WORLD_SIZE": "4"}) == 4 and world_size({"WORLD_SIZE": "x"}) == 1
+
+
+@pytest.mark.parametrize(("batch_size", "num_generations", "processes", "expected"), [
+    (8, 4, 1, 8), (6, 4, 1, 8), (1, 8, 1, 8), (3, 4, 2, 4), (2, 4, 2, 2), (1, 8, 3, 8), (5, 6, 4, 6),
+])
+def test_rl_eval_batch_holds_whole_groups_across_processes(batch_size, num_generations, processes, expected):
+    from belle.train.run import rl_eval_batch_size
+
+    size = rl_eval_batch_size(batch_size, num_generations, processes)
+    assert size == expected and size >= batch_size and size * processes % num_generations == 0
+
+
+def test_saved_config_keeps_no_secret_of_the_judge_url(tmp_path):
+    from belle.train.run import saved_config
+
+    def config(url):
+        return load_config(TrainConfig, None, [f"model.path={tmp_path}", f"output_dir={tmp_path}", "data.train_files=[x]",
+                                               "stage=grpo", "reward.weights={judge: 1}", f"reward.judge.base_url={url}"])
+
+    secret = config("https://user:hunter2@judge.example/v1?api-key=s3cret&region=cn")
+    saved = saved_config(secret)
+    assert saved.reward.judge.base_url == "https://***@judge.example/v1?api-key=***&region=cn"
+    assert secret.reward.judge.base_url.startswith("https://user:hunter2@")  # the run itself still reaches the judge
+    plain = config("http://127.0.0.1:8000/v1")
+    assert saved_config(plain) is plain
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["dpo", "rm", "kto", "grpo", "rloo"])
+def test_trl_configs_load_references_with_the_policys_remote_code_setting(tmp_path, prompts, stage):
+    """TRL loads the reference model (and grpo/rloo reward models given by name) itself, with its
+    config's trust_remote_code; grpo/rloo eval batches hold whole groups, which TRL checks."""
+    from belle.train.run import training_arguments
+
+    rl = ["reward.weights={eos: 1}", "rl.num_generations=4", "training.gradient_accumulation_steps=2"]
+    config = load_config(TrainConfig, None, [
+        f"model.path={tmp_path}", f"output_dir={tmp_path / 'run'}", f"data.train_files=[{prompts}]", f"stage={stage}",
+        "model.trust_remote_code=true", "data.validation_split=0.5", "training.batch_size=4", "training.report_to=[]",
+        *(rl if stage in ("grpo", "rloo") else [])])
+    args = training_arguments(config, "fp32")
+    assert args.trust_remote_code is True
+    if stage in ("grpo", "rloo"):
+        assert args.per_device_eval_batch_size == 4  # one group per process, not the 8 completions of a whole step
 
 
 @pytest.mark.slow
