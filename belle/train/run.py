@@ -246,9 +246,9 @@ def prepare_data(config: TrainConfig, tokenizer: Any, template: Template) -> Tra
     policy = "strict" if d.strict else "skip"
     try:
         if config.stage in ("dpo", "rm", "kto"):
-            return _preference_data(config, policy, tokenizer)
+            return _preference_data(config, tokenizer)
         if config.stage in RL_STAGES:
-            return _prompt_data(config, policy, tokenizer)
+            return _prompt_data(config, tokenizer)
         format = "text" if config.stage == "pt" else d.format
         train_records = load_conversations(d.train_files, format, policy)
         eval_records = load_conversations(d.validation_files, format, policy) if d.validation_files else None
@@ -305,7 +305,31 @@ KTO_RENDERINGS = (("prompt", "completion"),)
 """What TRL's KTOTrainer tokenizes of an example (and cuts at max_length)."""
 
 
-def _preference_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainData:
+def _read_files(config: TrainConfig, read: Any, what: str, fit: Any) -> tuple[Any, Any, dict[str, Any], list[str]]:
+    """(train rows, validation rows or None, stats, rejected lines) of the data files, each set read
+    with `read(files, policy)`, refused when it holds no usable row, then passed through
+    `fit(rows, where) -> (rows, dropped counts | None)`; a validation split is made last."""
+    d = config.data
+    policy = "strict" if d.strict else "skip"
+    splits, rejected, stats = {}, [], {}
+    for key, files in (("data.train_files", d.train_files), ("data.validation_files", d.validation_files)):
+        if not files:
+            continue
+        rows, report = read(files, policy)
+        rejected += report.lines
+        where = f"{key} ({', '.join(files)})"
+        if len(rows) == 0:
+            raise UsageError(f"{where}: no usable {what} ({report.summary()})")
+        rows, dropped = fit(rows, where)
+        if key == "data.train_files":
+            stats.update(records=report.records, rejected=dict(report.counts))
+        if dropped is not None:
+            stats["dropped" if key == "data.train_files" else "eval_dropped"] = dropped
+        splits[key] = rows
+    return splits["data.train_files"], splits.get("data.validation_files"), stats, rejected
+
+
+def _preference_data(config: TrainConfig, tokenizer: Any) -> TrainData:
     """Preference pairs (dpo, rm) or good and bad answers (kto: shuffled, since TRL's KTO reads them in
     order and pairs each example with its neighbour's prompt for the KL estimate).
 
@@ -317,24 +341,14 @@ def _preference_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainD
     d = config.data
     read, what = (load_kto_examples, "example") if config.stage == "kto" else (load_preference_pairs, "preference pair")
     renderings = {"rm": PAIR_RENDERINGS, "kto": KTO_RENDERINGS}.get(config.stage)
-    stats: dict[str, Any] = {}
-    splits, rejected = {}, []
-    for key, files in (("data.train_files", d.train_files), ("data.validation_files", d.validation_files)):
-        if not files:
-            continue
-        rows, report = read(files, policy)
-        rejected += report.lines
-        where = f"{key} ({', '.join(files)})"
-        if len(rows) == 0:
-            raise UsageError(f"{where}: no usable {what} ({report.summary()})")
-        if renderings:
-            rows, dropped = _keep_fitting(rows, tokenizer, d.max_length, renderings, False, d.num_proc, where, f"{what}s",
-                                          "raise data.max_length or shorten the data")
-            stats["dropped" if key == "data.train_files" else "eval_dropped"] = dropped
-        if key == "data.train_files":
-            stats.update(records=report.records, rejected=dict(report.counts))
-        splits[key] = rows
-    train_set, eval_set = splits["data.train_files"], splits.get("data.validation_files")
+
+    def fit(rows: Any, where: str) -> tuple[Any, dict[str, int] | None]:
+        if not renderings:
+            return rows, None
+        return _keep_fitting(rows, tokenizer, d.max_length, renderings, False, d.num_proc, where, f"{what}s",
+                             "raise data.max_length or shorten the data")
+
+    train_set, eval_set, stats, rejected = _read_files(config, read, what, fit)
     if d.validation_split:
         train_set, eval_set = _split(train_set, d.validation_split, config.training.seed, d.train_files)
     if config.stage == "kto":
@@ -346,7 +360,7 @@ def _preference_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainD
     return TrainData(train_set, eval_set, stats, rejected)
 
 
-def _prompt_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainData:
+def _prompt_data(config: TrainConfig, tokenizer: Any) -> TrainData:
     """Prompts for grpo and rloo. A prompt longer than data.max_length - rl.max_new_tokens tokens, as the
     template renders it for generation, leaves no room for its completion: it is dropped and counted.
     The math_answer source needs prompts with a reference: a run where none has one is refused."""
@@ -354,24 +368,13 @@ def _prompt_data(config: TrainConfig, policy: str, tokenizer: Any) -> TrainData:
 
     d = config.data
     room = d.max_length - config.rl.max_new_tokens
-    splits, rejected, stats = {}, [], {}
-    for key, files in (("data.train_files", d.train_files), ("data.validation_files", d.validation_files)):
-        if not files:
-            continue
-        prompts, report = load_prompts(files, policy)
-        rejected += report.lines
-        where = f"{key} ({', '.join(files)})"
-        if len(prompts) == 0:
-            raise UsageError(f"{where}: no usable prompt ({report.summary()})")
-        prompts, dropped = _keep_fitting(prompts, tokenizer, room, (("prompt",),), True, d.num_proc, where, "prompts",
-                                         "raise data.max_length or lower rl.max_new_tokens",
-                                         limit_name="data.max_length - rl.max_new_tokens")
-        if key == "data.train_files":
-            stats = {"records": report.records, "rejected": dict(report.counts), "dropped": dropped}
-        else:
-            stats["eval_dropped"] = dropped
-        splits[key] = prompts
-    train_set, eval_set = splits["data.train_files"], splits.get("data.validation_files")
+
+    def fit(rows: Any, where: str) -> tuple[Any, dict[str, int]]:
+        return _keep_fitting(rows, tokenizer, room, (("prompt",),), True, d.num_proc, where, "prompts",
+                             "raise data.max_length or lower rl.max_new_tokens",
+                             limit_name="data.max_length - rl.max_new_tokens")
+
+    train_set, eval_set, stats, rejected = _read_files(config, load_prompts, "prompt", fit)
     stats["with_reference"] = sum(1 for reference in train_set["reference"] if reference)
     if "math_answer" in config.reward.weights and not stats["with_reference"]:
         raise UsageError(f"data.train_files ({', '.join(d.train_files)}): math_answer needs references: none of the "
