@@ -54,6 +54,7 @@ JOBS = {
     "eval": "belle.eval.cli",
     "gptq": "belle.gptq.cli",
     "generate": "belle.generate.cli",
+    "export": "belle.export.cli",
 }
 
 

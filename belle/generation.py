@@ -19,12 +19,15 @@ import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, ClassVar, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Iterator, Literal, Protocol, Sequence
 
 from belle.modeling import load_model, load_tokenizer, read_checkpoint_info, reply_end_ids, resolve_template, split_adapter
 from belle.streaming import IncrementalDecoder, StopMatcher, cut_at_stop
 from belle.templates import Template
 from belle.tokenization import encode_prompt
+
+if TYPE_CHECKING:
+    from belle.perplexity import TextScore
 
 logger = logging.getLogger(__name__)
 
@@ -579,6 +582,18 @@ class Engine:
         return self.batcher is not None
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer: the logits of one position have this many entries."""
+        output = self.model.get_output_embeddings()
+        return int((output if output is not None else self.model.get_input_embeddings()).weight.shape[0])
+
+    def score_text(self, ids: list[int], seqlen: int, stride: int | None = None) -> TextScore:
+        """Negative log-likelihood of `ids` in windows of `seqlen` tokens (`belle.perplexity.score_ids`)."""
+        from belle.perplexity import score_ids
+
+        return score_ids(self.model, ids, seqlen=seqlen, stride=stride)
+
+    @property
     def default_params(self) -> GenerationParams:
         """What `model.generate()` does with no arguments, from the model's generation_config: greedy
         unless it samples; its temperature, top_p, top_k, repetition_penalty; 512 new tokens."""
@@ -804,6 +819,38 @@ class Engine:
         return Completion(text, "stop" if ended is not None or hit else "length", prompt_tokens, count)
 
 
+class ChatEngine(Protocol):
+    """What the front ends (chat, serve, eval generate, generate) use of an engine: `Engine` for
+    transformers models, `belle.llamacpp.GgufEngine` for GGUF files run by llama.cpp."""
+
+    name: str
+    tokenizer: Any
+    template: Template
+    context_length: int
+    eos_token_ids: frozenset[int]
+
+    @property
+    def batching(self) -> bool: ...
+    @property
+    def default_params(self) -> GenerationParams: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def close(self) -> None: ...
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+    def encode_text(self, text: str) -> list[int]: ...
+    def fit_chat(self, messages: list[dict[str, str]], max_new_tokens: int, drop_oldest: bool = True) -> tuple[list[int], int]: ...
+    def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool: ...
+    def check_fits(self, prompt_ids: list[int], params: GenerationParams) -> None: ...
+    def stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None,
+               *, more_coming: bool = False) -> TextStream: ...
+    def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> TextStream: ...
+    def generate(self, prompt_ids: list[int], params: GenerationParams) -> Completion: ...
+    def generate_batch(self, prompts: Sequence[list[int]], params: GenerationParams) -> list[Completion]: ...
+    def generate_all(self, prompts: Sequence[list[int]], params: GenerationParams, window: int) -> Iterator[tuple[int, Completion]]: ...
+    def prompt_logprobs(self, prompts: Sequence[list[int]], top: int = 0, logits_bytes: int = 2**30) -> list[list[TokenLogprob | None]]: ...
+    def score_text(self, ids: list[int], seqlen: int, stride: int | None = None) -> TextScore: ...
+
+
 def load_engine(
     path: str | Path,
     *,
@@ -818,9 +865,11 @@ def load_engine(
     batching: bool = True,
     max_running: int = 16,
     kv_cache_tokens: int | None = None,
-) -> Engine:
+) -> ChatEngine:
     """Load a full model folder, a GPTQ folder, or a LoRA adapter folder (on `base`, or on the base
-    its `adapter_config.json` names).
+    its `adapter_config.json` names); or a GGUF file, run on the CPU by llama.cpp
+    (`belle.llamacpp.load_gguf_engine`: `base`, a `device` other than cpu and a `dtype` other than
+    auto are refused with ValueError; the batching settings do not apply).
 
     The template is `template` if given, else the one in the folder's `belle.json` (the adapter's,
     then the base's), else the tokenizer's own `chat_template`. With `batching`, concurrent
@@ -828,6 +877,19 @@ def load_engine(
     exactly; `Engine.close()` stops that.
     """
     path = Path(path)
+    from belle.llamacpp import is_gguf
+
+    if is_gguf(path):
+        from belle.llamacpp import load_gguf_engine
+
+        if base is not None:
+            raise ValueError(f"{path}: a base model applies to LoRA adapter folders, not to a GGUF file")
+        refused = [f"{what} {value}" for what, value, ok in (("device", device, device in (None, "cpu")),
+                                                              ("dtype", dtype, dtype == "auto")) if not ok]
+        if refused:
+            raise ValueError(f"{path}: a GGUF file runs on the CPU through llama.cpp, in the types it was exported "
+                             f"with; leave out {' and '.join(refused)}")
+        return load_gguf_engine(path, name=name, template=template, context_length=context_length)
     model_dir, adapter = split_adapter(path, base)
     if not (model_dir / "config.json").is_file():
         if adapter is not None:

@@ -121,6 +121,14 @@ def tiny_gptq_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_gguf_f32(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported to a float32 GGUF file (`belle export gguf --type f32`, a few seconds)."""
+    from belle.export.gguf import export_gguf
+
+    return export_gguf(tiny_model_dir, tmp_path_factory.mktemp("tiny_gguf") / "tiny.gguf", type="f32").out
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium (Debian's), driven by playwright; one per test module, since sync

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from belle.cli import UsageError
-from belle.generation import Engine, load_engine
+from belle.generation import ChatEngine, load_engine
+from belle.llamacpp import is_gguf
 
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:
     """`NAME=DIR` or `DIR` (named after the folder) -> (name, folder). A spec that is an existing
-    folder is that folder, `=` in its path or not (`runs/lr=1e-4/final`)."""
-    if spec and ("=" not in spec or Path(spec).is_dir()):
+    folder (or GGUF file) is that path, `=` in it or not (`runs/lr=1e-4/final`)."""
+    if spec and ("=" not in spec or Path(spec).exists()):
         return Path(spec).resolve().name, Path(spec)
     name, _, folder = spec.partition("=")
     if not name or not folder:
@@ -31,7 +32,7 @@ def load_engines(
     batching: bool = True,
     max_running: int = 16,
     kv_cache_tokens: int | None = None,
-) -> dict[str, Engine]:
+) -> dict[str, ChatEngine]:
     """Load every model named by `specs`, in order; each stays in memory (call `close()` on each
     at exit). `base` applies to LoRA adapter folders whose recorded base path does not hold the
     base model; `batching`, `max_running` and `kv_cache_tokens` are `load_engine`'s."""
@@ -42,6 +43,11 @@ def load_engines(
         raise UsageError("two --model entries have the same name; name them with NAME=DIR")
     if max_running < 1 or (kv_cache_tokens is not None and kv_cache_tokens < 1):
         raise UsageError("--max-running and --kv-cache-tokens must be at least 1")
+    gguf = [str(folder) for folder in folders.values() if is_gguf(folder)]
+    if gguf and base is not None:
+        raise UsageError(f"--base applies to LoRA adapter folders, not to the GGUF file {gguf[0]}")
+    if gguf and device not in (None, "cpu"):
+        raise UsageError(f"--device {device}: the GGUF file {gguf[0]} runs on the CPU through llama.cpp; leave out --device")
     engines = {}
     for name, folder in folders.items():
         try:

@@ -242,8 +242,8 @@ def prompt_char_limit(engine: Engine, max_input_tokens: int) -> int:
 
 
 def vocabulary_size(engine: Engine) -> int:
-    """How many token ids a prompt may use: those both the tokenizer and the model's embeddings know."""
-    return min(len(engine.tokenizer), engine.model.get_input_embeddings().num_embeddings)
+    """How many token ids a prompt may use: those both the tokenizer and the model's output layer know."""
+    return min(len(engine.tokenizer), engine.vocab_size)
 
 
 @dataclass

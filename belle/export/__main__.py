@@ -1,0 +1,3 @@
+from belle.export.cli import main
+
+raise SystemExit(main())

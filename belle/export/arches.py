@@ -1,0 +1,153 @@
+"""How each Hugging Face architecture maps onto llama.cpp's: hyper-parameters and tensors.
+
+`GGUF_ARCHES` is keyed by HF `model_type`. A `GgufArch` writes the `{arch}.*` keys from the
+transformers config and turns the HF state dict into `(GGUF tensor name, float32 array)` pairs,
+one tensor at a time, with the changes llama.cpp's graph expects (see `GgufArch.tensors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from belle.cli import UsageError
+
+
+def _rope_parameters(config: Any) -> dict[str, Any]:
+    """`rope_theta` and the scaling settings: transformers 5's `rope_parameters`, else the old fields."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if "rope_theta" not in params and getattr(config, "rope_theta", None) is not None:
+        params["rope_theta"] = config.rope_theta
+    scaling = getattr(config, "rope_scaling", None)
+    if scaling and "rope_type" not in params:
+        params.update(scaling)
+    return params
+
+
+def head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Rows of a q or k projection from HF's rotate-half order to llama.cpp's interleaved RoPE order
+    (pairs `(i, i + d/2)` of each head become neighbours). `weight`: (n_heads * d, ...) or (n_heads * d,)."""
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+@dataclass(frozen=True)
+class GgufArch:
+    """One HF architecture as llama.cpp runs it.
+
+    `name` is the GGUF architecture (`general.architecture`), `model_arch` the member of
+    `gguf.MODEL_ARCH` whose tensor map names the tensors. `permute_qk`: llama.cpp runs this
+    architecture with interleaved RoPE, so q and k rows are reordered. `norm_offset` is added to
+    every RMSNorm weight (Gemma stores `w - 1`). `extra` writes the architecture's own keys.
+    """
+
+    name: str
+    model_arch: str
+    permute_qk: bool = False
+    norm_offset: float = 0.0
+    extra: Callable[[Any, Any], None] | None = None
+
+    def write_hparams(self, writer: Any, config: Any, context_length: int) -> None:
+        """The `{arch}.*` keys llama.cpp reads for this architecture."""
+        from gguf import RopeScalingType
+
+        dim = head_dim(config)
+        writer.add_context_length(context_length)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(config.num_attention_heads)
+        writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        writer.add_key_length(dim)
+        writer.add_value_length(dim)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        rope = _rope_parameters(config)
+        writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+        writer.add_rope_dimension_count(int(dim * rope.get("partial_rotary_factor", 1.0)))
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        if kind == "linear":
+            writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(rope["factor"]))
+        elif kind == "yarn":
+            writer.add_rope_scaling_type(RopeScalingType.YARN)
+            writer.add_rope_scaling_factor(float(rope["factor"]))
+            writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+        elif kind != "default":
+            raise UsageError(f"GGUF export does not support rope_type {kind!r} (config.json's rope settings); "
+                             "it supports default, linear and yarn")
+        if self.extra is not None:
+            self.extra(writer, config)
+
+    def tensors(self, state: dict[str, Any], config: Any) -> Iterator[tuple[str, np.ndarray]]:
+        """`(GGUF name, float32 array)` for each tensor of `state` (HF names, torch tensors), in
+        order, each made only when asked for. The output matrix is left out when the embeddings
+        are tied (llama.cpp then reuses `token_embd.weight`). An HF tensor the map does not know is
+        a `UsageError`: writing a file without it would give a model that computes something else."""
+        import gguf
+
+        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[self.model_arch], config.num_hidden_layers)
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        for hf_name, tensor in state.items():
+            if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+                continue
+            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if name is None:
+                raise UsageError(f"GGUF export ({self.name}): no llama.cpp tensor for {hf_name}")
+            array = tensor.detach().to("cpu").float().numpy()
+            if self.permute_qk and ".attn_q." in name:
+                array = _permute(array, heads)
+            elif self.permute_qk and ".attn_k." in name:
+                array = _permute(array, kv_heads)
+            if self.norm_offset and name.endswith("norm.weight"):
+                array = array + self.norm_offset
+            yield name, array
+
+
+def _qwen2_extra(writer: Any, config: Any) -> None:
+    if getattr(config, "use_sliding_window", False):
+        raise UsageError("GGUF export: Qwen2 with use_sliding_window is not supported by llama.cpp's qwen2")
+
+
+def _gemma2_extra(writer: Any, config: Any) -> None:
+    """Soft-capping and the sliding window; llama.cpp alternates local and global layers itself
+    (even layers local) and scales queries by 1/sqrt(head_dim), so other layouts are refused."""
+    if config.query_pre_attn_scalar != head_dim(config):
+        raise UsageError(f"GGUF export: Gemma 2 with query_pre_attn_scalar {config.query_pre_attn_scalar} "
+                         f"!= head_dim {head_dim(config)} is not supported")
+    layer_types = getattr(config, "layer_types", None)
+    expected = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(config.num_hidden_layers)]
+    if layer_types is not None and list(layer_types) != expected:
+        raise UsageError("GGUF export: Gemma 2 layers must alternate sliding and full attention, as llama.cpp runs them")
+    writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping or 0.0))
+    writer.add_final_logit_softcapping(float(config.final_logit_softcapping or 0.0))
+    writer.add_sliding_window(int(config.sliding_window))
+
+
+def _phi3_extra(writer: Any, config: Any) -> None:
+    if getattr(config, "sliding_window", None):
+        writer.add_sliding_window(int(config.sliding_window))
+
+
+GGUF_ARCHES: dict[str, GgufArch] = {
+    "llama": GgufArch("llama", "LLAMA", permute_qk=True),
+    "mistral": GgufArch("llama", "LLAMA", permute_qk=True),
+    "qwen2": GgufArch("qwen2", "QWEN2", extra=_qwen2_extra),
+    "qwen3": GgufArch("qwen3", "QWEN3"),
+    "gemma2": GgufArch("gemma2", "GEMMA2", norm_offset=1.0, extra=_gemma2_extra),
+    "phi3": GgufArch("phi3", "PHI3", extra=_phi3_extra),
+}
+
+
+def gguf_arch(model_type: str | None) -> GgufArch:
+    """The `GgufArch` of an HF `model_type`, or a `UsageError` naming it and the supported ones."""
+    if model_type not in GGUF_ARCHES:
+        raise UsageError(f"GGUF export supports {', '.join(GGUF_ARCHES)}; not {model_type}")
+    return GGUF_ARCHES[model_type]

@@ -1,0 +1,202 @@
+"""`belle.export.export_gguf`: llama.cpp runs the exported tiny models and computes what transformers does.
+
+The proof per architecture: the f32 file's logits equal transformers' float32 logits at every
+position of a 20-token prompt, and 16 greedy tokens agree. Prompts are given as the tiny
+tokenizer's ids, so these tests do not rest on llama.cpp's own tokenization of the text.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ARCHES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3")
+N_CTX = 128
+
+
+def prompt_ids(tokenizer, n: int = 20) -> list[int]:
+    """The first `n` ids of a mixed Chinese and English text, in the tiny tokenizer's own ids."""
+    text = "用一句话介绍北京。Beijing is the capital of China, 它有三千多年的历史 and many museums."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+    assert len(ids) == n
+    return ids
+
+
+def load_llama(path: Path):
+    """llama.cpp on `path`, without its extra weight buffers: on CPUs with AMX, llama.cpp 0.3.36
+    repacks q8_0/q4_0 weights for AMX kernels, which die with SIGILL where the kernel does not grant
+    AMX tiles to the process (this test machine); the plain CPU kernels compute the same logits."""
+    from unittest import mock
+
+    import llama_cpp
+    import llama_cpp.llama as module
+
+    default = module.llama_cpp.llama_model_default_params
+
+    def params():
+        chosen = default()
+        chosen.use_extra_bufts = False
+        return chosen
+
+    with mock.patch.object(module.llama_cpp, "llama_model_default_params", params):
+        return llama_cpp.Llama(str(path), logits_all=True, n_ctx=N_CTX, n_threads=2, verbose=False)
+
+
+def llama_logits(llm, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits at every position of `ids`: (len(ids), vocab) float32."""
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    """`n` greedy tokens after `ids`, decoded one at a time by llama.cpp (no stop at EOS)."""
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(out[-1:])
+    return out
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    """`n` greedy tokens after `ids` from transformers (no stop at EOS)."""
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(hf_logits(model, ids + out)[-1])))
+    return out
+
+
+def load_hf(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
+
+
+def reader(path):
+    from gguf import GGUFReader
+
+    return GGUFReader(path)
+
+
+def field(read, key):
+    return read.fields[key].contents()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_f32_export_computes_what_transformers_computes(arch, arch_model, exported):
+    model_dir = arch_model(arch)
+    report = exported(arch, "f32")
+    from belle.modeling import load_tokenizer
+
+    ids = prompt_ids(load_tokenizer(model_dir))
+    hf = load_hf(model_dir)
+    llm = load_llama(report.out)
+    expected, got = hf_logits(hf, ids), llama_logits(llm, ids)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+    assert llama_greedy(llm, ids, 16) == hf_greedy(hf, ids, 16)
+    assert report.fallback_tensors == 0 and report.type == "f32"
+
+
+def test_architecture_names_and_tied_embeddings(exported):
+    assert exported("mistral", "f32").architecture == "llama"  # llama.cpp runs Mistral as LLaMA
+    gemma = reader(exported("gemma2", "f32").out)
+    names = {t.name for t in gemma.tensors}
+    assert "token_embd.weight" in names and "output.weight" not in names  # tied: llama.cpp reuses token_embd
+    assert field(gemma, "gemma2.attn_logit_softcapping") == pytest.approx(50.0)
+    assert field(gemma, "gemma2.attention.sliding_window") == 64
+
+
+def test_metadata_and_tensor_types(exported, tiny_model_dir, tokenizer):
+    from gguf import GGMLQuantizationType as T
+
+    from belle.modeling import load_model, reply_end_ids, resolve_template
+
+    expected_types = {"f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
+    template = resolve_template(tiny_model_dir, tokenizer)
+    eos = sorted(reply_end_ids(load_model(tiny_model_dir, device="cpu"), tokenizer, template))
+    generation = json.loads((tiny_model_dir / "generation_config.json").read_text())
+    for type, qtype in expected_types.items():
+        report = exported("llama", type)
+        read = reader(report.out)
+        assert report.file_bytes == report.out.stat().st_size
+        assert field(read, "general.architecture") == "llama"
+        assert field(read, "general.name") == tiny_model_dir.name
+        assert field(read, "general.file_type") == {"f16": 1, "q8_0": 7, "q4_0": 2}[type]
+        assert field(read, "belle.template") == "belle"
+        assert field(read, "belle.eos_token_ids") == eos
+        assert json.loads(field(read, "belle.generation_config")) == generation
+        for tensor in read.tensors:
+            if len(tensor.shape) == 1:
+                assert tensor.tensor_type == T.F32, tensor.name
+            elif type == "q4_0" and tensor.name == "output.weight":  # kept at 8 bits, as llama-quantize keeps it wider
+                assert tensor.tensor_type == T.Q8_0
+            else:
+                assert tensor.tensor_type == qtype, tensor.name
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0"])
+def test_quantized_files_decode_near_f32(type, exported, tokenizer):
+    ids = prompt_ids(tokenizer)
+    reference = llama_logits(load_llama(exported("llama", "f32").out), ids)
+    llm = load_llama(exported("llama", type).out)
+    got = llama_logits(llm, ids)
+    error = np.linalg.norm(got - reference) / np.linalg.norm(reference)
+    assert error < {"q8_0": 0.03, "q4_0": 0.3}[type]  # about 0.015 and 0.17; an unrelated model is about 1.4
+    assert len(llama_greedy(llm, ids, 4)) == 4
+
+
+def test_k_quant_goes_through_llama_cpp(exported, arch_model):
+    """Rows of 256 values, so llama.cpp's K-quant super-blocks fit every matrix."""
+    from gguf import GGMLQuantizationType as T
+
+    from belle.modeling import load_tokenizer
+
+    sizes = {"hidden_size": 256, "intermediate_size": 512}
+    report = exported("llama", "q4_k_m", **sizes)
+    read = reader(report.out)
+    assert report.fallback_tensors == 0
+    assert field(read, "general.file_type") == 15  # MOSTLY_Q4_K_M
+    assert field(read, "belle.template") == "belle"
+    matrices = {t.name: t.tensor_type for t in read.tensors if len(t.shape) > 1}
+    assert set(matrices.values()) <= {T.Q4_K, T.Q5_K, T.Q6_K} and T.Q4_K in set(matrices.values())
+    assert all(t.tensor_type == T.F32 for t in read.tensors if len(t.shape) == 1)
+    ids = prompt_ids(load_tokenizer(arch_model("llama", **sizes)))
+    llm = load_llama(report.out)
+    assert np.isfinite(llama_logits(llm, ids)).all()
+    assert len(llama_greedy(llm, ids, 4)) == 4
+
+
+def test_lora_adapter_is_merged(tiny_model_dir, tmp_path, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from belle.export import export_gguf
+    from belle.modeling import load_model, write_checkpoint_info
+
+    base = load_model(tiny_model_dir, dtype="float32", device="cpu")
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
+                                           init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    write_checkpoint_info(adapter, "belle")
+    report = export_gguf(adapter, tmp_path / "merged.gguf", type="f32")
+    assert report.out.is_file() and not (tmp_path / "merged.gguf.tmp").exists()
+
+    merged = load_model(tiny_model_dir, dtype="float32", device="cpu", adapter=adapter).merge_and_unload().eval()
+    ids = prompt_ids(tokenizer)
+    expected = hf_logits(merged, ids)
+    assert not np.allclose(expected, hf_logits(load_hf(tiny_model_dir), ids), atol=1e-3)
+    np.testing.assert_allclose(llama_logits(load_llama(report.out), ids), expected, atol=1e-3, rtol=0)
+    assert field(reader(report.out), "general.name") == "adapter"
