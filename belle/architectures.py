@@ -143,13 +143,25 @@ JOBS: tuple[Job, ...] = (
     Job("eval-generate", "eval generate"),
     Job("gptq", "gptq quantize"),
     Job("vocab-extend", "vocab extend"),
+    Job("export-gguf", "export gguf"),
 )
 
 
 def refusal(row: MatrixRow, job: Job) -> str | None:
     """Why belle refuses `job` on `row`'s family (the reason its error message gives), None where it runs."""
     family = FAMILIES[row.model_type]
+    if job.id == "export-gguf":
+        return gguf_refusal(row.model_type)
     return {"sft-packed": family.pack_refusal, "gptq": family.gptq_refusal}.get(job.id)
+
+
+def gguf_refusal(model_type: str) -> str | None:
+    """Why `belle export gguf` refuses `model_type` (its error message), None where it exports."""
+    from belle.export.arches import GGUF_ARCHES
+
+    if model_type in GGUF_ARCHES:
+        return None
+    return f"GGUF export supports {', '.join(GGUF_ARCHES)}; not {model_type}"
 
 
 def matrix_markdown() -> str:

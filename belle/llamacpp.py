@@ -230,18 +230,27 @@ def sampling_distribution(scores: np.ndarray, params: GenerationParams) -> tuple
 
 
 @functools.cache
-def cpu_reports_amx() -> bool:
-    """Whether /proc/cpuinfo lists AMX tiles (Intel Xeon since Sapphire Rapids).
+def amx_may_crash(system_info: bytes) -> bool:
+    """Whether llama.cpp's weight repacking could run AMX kernels here: the library was built with AMX
+    (`system_info`, llama.cpp's `llama_print_system_info()`, says `AMX_INT8 = 1`: a native build on
+    such a CPU) and /proc/cpuinfo lists AMX tiles (Intel Xeon since Sapphire Rapids).
 
-    llama.cpp 0.3.36 (llama-cpp-python's build) multiplies repacked quantized weights with AMX when
-    the CPU reports it, and on such a machine (a Sapphire Rapids VM, AMX granted by arch_prctl) its
-    first AMX kernel died of SIGILL (`tilezero`), one thread or many, while a hand-written AMX
-    instruction ran: so belle does not use llama.cpp's weight repacking on CPUs that report AMX.
+    On a Sapphire Rapids VM that reports AMX (and grants it through arch_prctl) without the hypervisor
+    enabling it, llama.cpp 0.3.36's first AMX kernel died of SIGILL (`tilezero`), one thread or many:
+    so belle runs such a build there without repacking. `scripts/setup.sh` builds llama.cpp for AVX2
+    on x86-64, with no AMX, and keeps repacking (its interleaved q4_0/q8_0 layouts) on.
     """
+    if b"AMX_INT8 = 1" not in system_info:
+        return False
     try:
         return "amx_tile" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
+
+
+def weight_repacking() -> bool:
+    """Whether belle lets llama.cpp repack quantized weights on this machine (see `amx_may_crash`)."""
+    return not amx_may_crash(_import_llama_cpp().llama_print_system_info())
 
 
 class _Context:
@@ -250,7 +259,7 @@ class _Context:
 
     `past` is the sequence whose keys and values the cache holds, at positions 0 .. len(past) - 1.
     Weight repacking (llama.cpp's "extra buffer types": AMX, and the CPU's interleaved layouts) is
-    used unless the CPU reports AMX (`cpu_reports_amx`).
+    used unless it could run AMX kernels on this machine (`amx_may_crash`).
     """
 
     def __init__(self, llama_cpp: Any, path: Path, context_length: int | None, threads: int):
@@ -262,9 +271,9 @@ class _Context:
             chatter.setLevel(logging.ERROR)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        params.use_extra_bufts = not cpu_reports_amx()
+        params.use_extra_bufts = weight_repacking()
         if not params.use_extra_bufts:
-            logger.info("the CPU reports AMX: llama.cpp runs without weight repacking (see cpu_reports_amx)")
+            logger.info("llama.cpp was built with AMX and the CPU reports it: no weight repacking (see amx_may_crash)")
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise ValueError(f"{path}: llama.cpp cannot load it (its log above says why)")

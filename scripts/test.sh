@@ -13,4 +13,5 @@ if ! command -v chromium >/dev/null; then
         exit 1
     fi
 fi
-HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q "$@"
+# --durations: the CI log names the slowest tests, so the next cut of the suite's time starts from numbers.
+HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q --durations=30 "$@"

@@ -212,10 +212,28 @@ def cell_vocab_extend(capsys, monkeypatch, row, model, tmp):
     assert config["vocab_size"] == len(load_tokenizer(out)) > before
 
 
+def cell_export_gguf(capsys, monkeypatch, row, model, tmp):
+    """The f16 file llama.cpp reads; tests/export/test_arches.py proves what it computes."""
+    from gguf import GGUFReader
+
+    from belle.export.arches import GGUF_ARCHES
+
+    out = tmp / "model.gguf"
+    result = run(capsys, "export", "gguf", "--model", model, "--out", out)
+    if reason := refusal(row, JOB["export-gguf"]):
+        assert_refused(result, reason)
+        assert not out.exists()
+        return
+    assert_ran(result)
+    fields = GGUFReader(out).fields
+    assert fields["general.architecture"].contents() == GGUF_ARCHES[row.model_type].name
+    assert fields["general.file_type"].contents() == 1  # MOSTLY_F16
+
+
 CELLS = {
     "sft": cell_sft, "sft-packed": cell_sft_packed, "lora-merge": cell_lora_merge, "pt": cell_pt, "dpo": cell_dpo,
     "chat": cell_chat, "serve": cell_serve, "eval-generate": cell_eval_generate, "gptq": cell_gptq,
-    "vocab-extend": cell_vocab_extend,
+    "vocab-extend": cell_vocab_extend, "export-gguf": cell_export_gguf,
 }
 
 

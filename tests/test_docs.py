@@ -41,7 +41,8 @@ RUNNABLE = {
                         "rm/model.safetensors", "grpo/adapter_model.safetensors", "grpo/loss.png", "kto/adapter_model.safetensors"],
     "guides/eval.md": ["eval/sft/judgments.jsonl", "eval/sft/run.json", "eval/sft/report.png", "eval/tiny/report.json",
                        "eval/compare/report.md", "eval/pairwise/pairwise.md"],
-    "guides/gptq.md": ["sft-gptq4/quantize_config.json", "sft-gptq4/eval.md", "sft-rtn4/quantize.json", "sft-rtn4/eval.md"],
+    "guides/gptq.md": ["sft-gptq4/quantize_config.json", "sft-gptq4/eval.md", "sft-rtn4/quantize.json", "sft-rtn4/eval.md",
+                       "sft-q4_0.gguf", "sft-q4_k_m.gguf"],
     "guides/chat.md": ["lora/adapter_model.safetensors", "answers.jsonl"],
 }
 BLOCK = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.S | re.M)

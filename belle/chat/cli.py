@@ -28,7 +28,7 @@ def chat(
     """Chat with a model in the browser (Gradio) or, with --cli, in the terminal.
 
     Args:
-        model: a model folder, LoRA adapter folder or GPTQ folder, as DIR or NAME=DIR; several give a model picker.
+        model: a model folder, LoRA adapter folder, GPTQ folder or .gguf file, as DIR or NAME=DIR; several give a model picker.
             With --api-base: the names of the server's models to chat with; default: all of them.
         api_base: chat through an OpenAI-compatible server instead (e.g. http://127.0.0.1:8000/v1 of `belle serve`).
         api_key_env: the environment variable holding that server's API key.

@@ -34,7 +34,7 @@ def serve(
     """Serve models through an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /health.
 
     Args:
-        model: a model folder, LoRA adapter folder or GPTQ folder, as DIR or NAME=DIR; repeat for several.
+        model: a model folder, LoRA adapter folder, GPTQ folder or .gguf file, as DIR or NAME=DIR; repeat for several.
         host: address to bind; 0.0.0.0 exposes the server to the network.
         port: port to bind.
         api_key: require `Authorization: Bearer KEY`; default: the BELLE_API_KEY variable, else no key.

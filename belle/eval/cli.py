@@ -31,7 +31,7 @@ class AnswerOptions:
     FLAT: ClassVar[bool] = True
 
     model: Path | None = None
-    """Model folder, LoRA adapter folder or GPTQ folder to load here."""
+    """Model folder, LoRA adapter folder, GPTQ folder or .gguf file to load here."""
     api_model: str | None = None
     """Instead, the model name an OpenAI-compatible endpoint serves (vLLM, `belle serve`, a hosted model)."""
     api_base: str | None = None

@@ -30,6 +30,13 @@ def head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def _unfuse_qkv(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Rows of a fused query_key_value projection from HF's per-head `(q, k, v)` order (BLOOM,
+    GPT-NeoX) to llama.cpp's `[all q; all k; all v]`. `weight`: (3 * n_heads * d, ...) or (3 * n_heads * d,)."""
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, 3, rows // n_heads // 3, *weight.shape[1:]).swapaxes(0, 1).reshape(weight.shape)
+
+
 def _permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     """Rows of a q or k projection from HF's rotate-half order to llama.cpp's interleaved RoPE order
     (pairs `(i, i + d/2)` of each head become neighbours). `weight`: (n_heads * d, ...) or (n_heads * d,)."""
@@ -45,6 +52,10 @@ class GgufArch:
     `gguf.MODEL_ARCH` whose tensor map names the tensors. `permute_qk`: llama.cpp runs this
     architecture with interleaved RoPE, so q and k rows are reordered. `norm_offset` is added to
     every RMSNorm weight (Gemma stores `w - 1`). `extra` writes the architecture's own keys.
+    `layer_norm`: LayerNorm with a bias, not RMSNorm. `rope`: positions by RoPE (False: ALiBi).
+    `fused_qkv`: one query_key_value projection, per head (q, k, v) in HF. `strip` is removed from
+    the front of HF tensor names before the lookup (llama.cpp's map knows BLOOM's without it).
+    `reuses_embeddings`: llama.cpp runs tied embeddings without an output matrix.
     """
 
     name: str
@@ -52,21 +63,42 @@ class GgufArch:
     permute_qk: bool = False
     norm_offset: float = 0.0
     extra: Callable[[Any, Any], None] | None = None
+    layer_norm: bool = False
+    rope: bool = True
+    fused_qkv: bool = False
+    strip: str = ""
+    reuses_embeddings: bool = True
+
+    def context_length(self, config: Any) -> int:
+        """Tokens the model was trained on: `max_position_embeddings`; for BLOOM (ALiBi, no such
+        field) `seq_length`, else 2048, the length BLOOM was trained on."""
+        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "seq_length", None) or 2048)
 
     def write_hparams(self, writer: Any, config: Any, context_length: int) -> None:
         """The `{arch}.*` keys llama.cpp reads for this architecture."""
-        from gguf import RopeScalingType
-
         dim = head_dim(config)
         writer.add_context_length(context_length)
         writer.add_embedding_length(config.hidden_size)
         writer.add_block_count(config.num_hidden_layers)
-        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_feed_forward_length(getattr(config, "intermediate_size", None) or 4 * config.hidden_size)
         writer.add_head_count(config.num_attention_heads)
         writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
         writer.add_key_length(dim)
         writer.add_value_length(dim)
-        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        if self.layer_norm:
+            eps = getattr(config, "layer_norm_eps", None) or getattr(config, "layer_norm_epsilon", None)
+            writer.add_layer_norm_eps(float(eps))
+        else:
+            writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        if self.rope:
+            self._write_rope(writer, config, dim)
+        if self.extra is not None:
+            self.extra(writer, config)
+
+    @staticmethod
+    def _write_rope(writer: Any, config: Any, dim: int) -> None:
+        from gguf import RopeScalingType
+
         rope = _rope_parameters(config)
         writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
         writer.add_rope_dimension_count(int(dim * rope.get("partial_rotary_factor", 1.0)))
@@ -81,8 +113,6 @@ class GgufArch:
         elif kind != "default":
             raise UsageError(f"GGUF export does not support rope_type {kind!r} (config.json's rope settings); "
                              "it supports default, linear and yarn")
-        if self.extra is not None:
-            self.extra(writer, config)
 
     def tensors(self, state: dict[str, Any], config: Any) -> Iterator[tuple[str, np.ndarray]]:
         """`(GGUF name, float32 array)` for each tensor of `state` (HF names, torch tensors), in
@@ -92,17 +122,19 @@ class GgufArch:
         import gguf
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[self.model_arch], config.num_hidden_layers)
-        tied = bool(getattr(config, "tie_word_embeddings", False))
+        tied = self.reuses_embeddings and bool(getattr(config, "tie_word_embeddings", False))
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         for hf_name, tensor in state.items():
             if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
                 continue
-            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            name = names.get_name(hf_name.removeprefix(self.strip), try_suffixes=(".weight", ".bias"))
             if name is None:
                 raise UsageError(f"GGUF export ({self.name}): no llama.cpp tensor for {hf_name}")
             array = tensor.detach().to("cpu").float().numpy()
-            if self.permute_qk and ".attn_q." in name:
+            if self.fused_qkv and ".attn_qkv." in name:
+                array = _unfuse_qkv(array, heads)
+            elif self.permute_qk and ".attn_q." in name:
                 array = _permute(array, heads)
             elif self.permute_qk and ".attn_k." in name:
                 array = _permute(array, kv_heads)
@@ -136,6 +168,24 @@ def _phi3_extra(writer: Any, config: Any) -> None:
         writer.add_sliding_window(int(config.sliding_window))
 
 
+GELU = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")
+"""The activations llama.cpp's GELU (tanh approximation) stands for; exact `gelu` differs by < 1e-3."""
+
+
+def _bloom_extra(writer: Any, config: Any) -> None:
+    """llama.cpp adds each block's input, not its normed input, to the attention output."""
+    if getattr(config, "apply_residual_connection_post_layernorm", False):
+        raise UsageError("GGUF export: BLOOM with apply_residual_connection_post_layernorm is not supported "
+                         "by llama.cpp's bloom")
+
+
+def _gpt_neox_extra(writer: Any, config: Any) -> None:
+    if config.hidden_act not in GELU:
+        raise UsageError(f"GGUF export: GPT-NeoX with hidden_act {config.hidden_act!r} is not supported; "
+                         f"llama.cpp's gptneox runs {', '.join(GELU)}")
+    writer.add_parallel_residual(bool(getattr(config, "use_parallel_residual", True)))
+
+
 GGUF_ARCHES: dict[str, GgufArch] = {
     "llama": GgufArch("llama", "LLAMA", permute_qk=True),
     "mistral": GgufArch("llama", "LLAMA", permute_qk=True),
@@ -143,6 +193,10 @@ GGUF_ARCHES: dict[str, GgufArch] = {
     "qwen3": GgufArch("qwen3", "QWEN3"),
     "gemma2": GgufArch("gemma2", "GEMMA2", norm_offset=1.0, extra=_gemma2_extra),
     "phi3": GgufArch("phi3", "PHI3", extra=_phi3_extra),
+    "bloom": GgufArch("bloom", "BLOOM", extra=_bloom_extra, layer_norm=True, rope=False, fused_qkv=True,
+                      strip="transformer."),
+    "gpt_neox": GgufArch("gptneox", "GPTNEOX", extra=_gpt_neox_extra, layer_norm=True, fused_qkv=True,
+                         reuses_embeddings=False),
 }
 
 

@@ -146,7 +146,7 @@ def _write(loaded: _Loaded, path: Path, type: str) -> tuple[int, int]:
     writer.add_file_type(file_type(type))
     if type not in ("f32", "f16", "bf16"):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    arch.write_hparams(writer, config, int(config.max_position_embeddings))
+    arch.write_hparams(writer, config, arch.context_length(config))
     writer.add_vocab_size(vocab_size)
     add_vocab(writer, loaded.tokenizer, vocab_size, to_jinja(loaded.template))
     writer.add_string("belle.template", loaded.template.name)

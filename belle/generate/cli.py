@@ -47,7 +47,7 @@ def generate(
     context, or a request that failed for good); a re-run tries it again.
 
     Args:
-        model: model folder, LoRA adapter folder or GPTQ folder; with --api-base, the name the server serves.
+        model: model folder, LoRA adapter folder, GPTQ folder or .gguf file; with --api-base, the name the server serves.
         input: prompts, one JSON object per line (or a JSON array).
         output: JSON-lines file to append the replies to.
         api_base: run through an OpenAI-compatible server instead (vLLM, `belle serve`), e.g. http://127.0.0.1:8000/v1.

@@ -1,10 +1,14 @@
-"""`belle gptq eval`: a (quantized) model beside its reference: perplexity on held-out text, weight
-file size, peak memory and generation speed, as a table in JSON and markdown.
+"""`belle gptq eval`: (quantized) models side by side with their reference: perplexity on held-out
+text, weight file size, peak memory and generation speed, as a table in JSON and markdown.
 
+A model is a model folder (float, or GPTQ from `belle gptq quantize`), run by transformers, or a GGUF
+file (`belle export gguf`), run by llama.cpp on the CPU; both are loaded with
+`belle.generation.load_engine` and measured through the engine surface (`score_text`, `generate`).
 Each model is measured in a fresh Python process (`python -m belle.gptq.evaluate SPEC RESULT`), so
 its peak memory is its own: on a GPU `torch.cuda.max_memory_allocated`, on the CPU the peak
 resident set size of that process (VmHWM on Linux, else `getrusage(RUSAGE_SELF).ru_maxrss`), which
-includes the Python, torch and transformers the process imported (about 0.6 GB) as well as the model.
+includes the Python, torch and transformers the process imported (about 0.6 GB) as well as the model
+(for a GGUF file, the pages of the memory-mapped file that llama.cpp touched).
 
 Perplexity is `belle.perplexity`'s: that of BELLE's gptq scripts (and the GPTQ paper) on wikitext2,
 on whatever text the user brings, in windows of `seqlen` tokens.
@@ -12,6 +16,7 @@ on whatever text the user brings, in windows of `seqlen` tokens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +33,7 @@ from typing import Any, Sequence
 from belle.cli import UsageError
 from belle.generation import LoadOptions
 from belle.modeling import weights_bytes
-from belle.perplexity import encode_text, score_ids
+from belle.perplexity import encode_text
 from belle.records import read_json_object, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -41,7 +46,9 @@ MB = 2**20
 def quantization_info(model_dir: str | Path) -> dict[str, Any] | None:
     """bits, group_size, desc_act, sym and method from config.json's `quantization_config`, or None
     for an unquantized model. The method is `belle.json`'s when it records one (GPTQModel writes
-    `gptq` for round-to-nearest too)."""
+    `gptq` for round-to-nearest too). For a GGUF file: `{"method": "gguf", "type": "q4_0"}`."""
+    if Path(model_dir).is_file():
+        return {"method": "gguf", "type": gguf_info(model_dir).type}
     config = _read_json(Path(model_dir) / "config.json")
     quant = config.get("quantization_config")
     if not quant:
@@ -59,8 +66,10 @@ def quantization_info(model_dir: str | Path) -> dict[str, Any] | None:
 
 
 def describe_weights(model_dir: str | Path) -> str:
-    """`4-bit g128 gptq`, `3-bit per-channel rtn act-order`, or the dtype of an unquantized model."""
+    """`4-bit g128 gptq`, `3-bit per-channel rtn act-order`, `gguf q4_0`, or the dtype of an unquantized model."""
     info = quantization_info(model_dir)
+    if info is not None and info["method"] == "gguf":
+        return f"gguf {info['type']}"
     if info is None:
         config = _read_json(Path(model_dir) / "config.json")
         return str(config.get("dtype") or config.get("torch_dtype") or "unquantized")
@@ -75,6 +84,48 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path) if path.is_file() else {}
 
 
+@dataclass(frozen=True)
+class GgufInfo:
+    """What the header of a GGUF file says: `type` is llama.cpp's file type as `belle export gguf
+    --type` names it (`q4_0`, `q4_k_m`, `f32`), `context_length` the model's training context."""
+
+    type: str
+    architecture: str
+    context_length: int | None
+
+
+def gguf_info(path: str | Path) -> GgufInfo:
+    """Read `general.file_type`, `general.architecture` and `ARCH.context_length` with gguf-py.
+    Raises `UsageError` without the gguf package, `ValueError` for a file it cannot read."""
+    try:
+        import gguf
+    except ImportError:
+        raise UsageError("reading a GGUF file needs the gguf package: pip install 'belle[gguf]'") from None
+    try:
+        fields = gguf.GGUFReader(path).fields
+    except Exception:  # gguf-py raises what numpy and struct raise on a broken header
+        raise ValueError(f"{path}: not a readable GGUF file: its header is damaged or cut short") from None
+
+    def value(key: str) -> Any:
+        return fields[key].contents() if key in fields else None
+
+    architecture = str(value("general.architecture") or "")
+    code = value("general.file_type")
+    try:
+        name = gguf.LlamaFileType(int(code)).name if code is not None else "unknown"
+    except ValueError:
+        name = f"file type {code}"
+    context = value(f"{architecture}.context_length")
+    return GgufInfo(name.removeprefix("MOSTLY_").removeprefix("ALL_").lower(), architecture,
+                    int(context) if context is not None else None)
+
+
+def model_bytes(path: str | Path) -> int:
+    """The bytes of a model's weights: a GGUF file's size, a folder's weight files (`weights_bytes`)."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else weights_bytes(path)
+
+
 # ---- one model, measured in its own process ----------------------------------------------------
 
 
@@ -82,7 +133,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 class MeasureSpec:
     """What the measuring process does. `text_file` holds the (already cut) text, UTF-8."""
 
-    model: str
+    model: str  # a model folder or a GGUF file
     text_file: str
     seqlen: int
     stride: int | None
@@ -95,39 +146,56 @@ class MeasureSpec:
 def measure(spec: MeasureSpec) -> dict[str, Any]:
     """Load one model, score the text and time generation; memory figures are this process's peaks.
 
-    Returns perplexity (`nll` nats over `tokens_scored`), `load_s`, `perplexity_s`, the speed
-    figures of `generation_speed`, and `peak_memory_mb` (what `memory` names) with
-    `load_peak_memory_mb` (the same peak just after loading) and `baseline_memory_mb` (before).
+    A GGUF file runs on the CPU through llama.cpp (`spec.device` and `spec.dtype` apply to model
+    folders only). Returns perplexity (`nll` nats over `tokens_scored`), `text_tokens` and
+    `text_ids_sha256` (the text as this model's tokenizer encodes it, to tell whether two models'
+    perplexities compare), `load_s`, `perplexity_s`, the speed figures of `generation_speed`, and
+    `peak_memory_mb` (what `memory` names) with `load_peak_memory_mb` (the same peak just after
+    loading) and `baseline_memory_mb` (before); `runtime` says what ran it.
     """
     import torch
 
     from belle.generation import load_engine
+    from belle.llamacpp import is_gguf, weight_repacking
 
-    if torch.cuda.is_available():
+    gguf = is_gguf(spec.model)
+    if not gguf and torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(index)
     baseline = _peak_memory_mb(False)
     started = time.perf_counter()
-    engine = load_engine(spec.model, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code)
-    cuda = engine.model.device.type == "cuda"
-    load_s = time.perf_counter() - started
-    load_peak = _peak_memory_mb(cuda)
-    ids = encode_text(engine.tokenizer, Path(spec.text_file).read_text(encoding="utf-8"))
-    logger.info("%s loaded in %.1f s; scoring %d tokens in windows of %d", spec.model, load_s, len(ids), spec.seqlen)
-    started = time.perf_counter()
-    score = score_ids(engine.model, ids, seqlen=spec.seqlen, stride=spec.stride)
-    _synchronize(engine.model)
-    perplexity_s = time.perf_counter() - started
-    logger.info("perplexity %.3f (%d windows, %.1f s)", score.perplexity, score.windows, perplexity_s)
-    speed = {}
-    if spec.gen_tokens:
-        prompt = ids[: max(1, min(PROMPT_TOKENS, engine.context_length - spec.gen_tokens))]
-        speed = generation_speed(engine, prompt, spec.gen_tokens)
+    if gguf:
+        engine = load_engine(spec.model)
+        cuda, device, dtype = False, "cpu", None
+        runtime = {"runtime": "llama.cpp", "weight_repacking": weight_repacking()}
+    else:
+        engine = load_engine(spec.model, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code)
+        cuda, device = engine.model.device.type == "cuda", str(engine.model.device)
+        dtype = str(engine.model.dtype).removeprefix("torch.")
+        runtime = {"runtime": "transformers", "torch_threads": torch.get_num_threads()}
+    try:
+        load_s = time.perf_counter() - started
+        load_peak = _peak_memory_mb(cuda)
+        ids = encode_text(engine.tokenizer, Path(spec.text_file).read_text(encoding="utf-8"))
+        logger.info("%s loaded in %.1f s; scoring %d tokens in windows of %d", spec.model, load_s, len(ids), spec.seqlen)
+        started = time.perf_counter()
+        score = engine.score_text(ids, spec.seqlen, spec.stride)
+        _synchronize(cuda)
+        perplexity_s = time.perf_counter() - started
+        logger.info("perplexity %.3f (%d windows, %.1f s)", score.perplexity, score.windows, perplexity_s)
+        speed = {}
+        if spec.gen_tokens:
+            prompt = ids[: max(1, min(PROMPT_TOKENS, engine.context_length - spec.gen_tokens))]
+            speed = generation_speed(engine, prompt, spec.gen_tokens, cuda=cuda)
+    finally:
+        engine.close()
     return {
         "perplexity": score.perplexity,
         "nll": score.nll,
         "tokens_scored": score.tokens,
         "windows": score.windows,
+        "text_tokens": len(ids),
+        "text_ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
         "load_s": load_s,
         "perplexity_s": perplexity_s,
         **speed,
@@ -135,39 +203,46 @@ def measure(spec: MeasureSpec) -> dict[str, Any]:
         "peak_memory_mb": _peak_memory_mb(cuda),
         "load_peak_memory_mb": load_peak,
         "baseline_memory_mb": 0.0 if cuda else baseline,
-        "device": str(engine.model.device),
-        "torch_dtype": str(engine.model.dtype).removeprefix("torch."),
+        "device": device,
+        "torch_dtype": dtype,
+        **runtime,
     }
 
 
-def generation_speed(engine: Any, prompt_ids: list[int], gen_tokens: int) -> dict[str, Any]:
-    """Greedy generation of exactly `gen_tokens` tokens (EOS suppressed until then), batch 1.
+def generation_speed(engine: Any, prompt_ids: list[int], gen_tokens: int, *, cuda: bool = False) -> dict[str, Any]:
+    """Greedy generation of exactly `gen_tokens` tokens (EOS suppressed until then), batch 1, on
+    any engine (`belle.generation.Engine`, `belle.llamacpp.GgufEngine`); `cuda`: the model is on a GPU.
 
     After a short warm-up, `prefill_s` is the time to the first token (a one-token generation:
     the prompt's forward pass) and `generate_s` that of all `gen_tokens`, each the median of
     `SPEED_RUNS` interleaved runs; `decode_tokens_per_s` = (gen_tokens - 1) / (generate_s -
     prefill_s), None when noise makes that difference negative; `tokens_per_s` = gen_tokens / generate_s.
+    The one-token runs take `prompt_ids` and the full runs the same prompt with another first token,
+    so that no run starts as the one before it did: llama.cpp keeps the last sequence's KV cache
+    and would otherwise skip the prompt.
     """
     from belle.generation import GenerationParams
 
     params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens)
+    other = next((token for token in prompt_ids if token != prompt_ids[0]), None)
+    variant = prompt_ids if other is None else [other, *prompt_ids[1:]]
 
-    def timed(p: GenerationParams) -> tuple[float, int]:
-        _synchronize(engine.model)
+    def timed(prompt: list[int], p: GenerationParams) -> tuple[float, int]:
+        _synchronize(cuda)
         started = time.perf_counter()
-        completion = engine.generate(prompt_ids, p)
-        _synchronize(engine.model)
+        completion = engine.generate(prompt, p)
+        _synchronize(cuda)
         return time.perf_counter() - started, completion.completion_tokens
 
     one_token = replace(params, max_new_tokens=1, min_new_tokens=1)
     short = min(gen_tokens, 4)
-    timed(one_token)
-    timed(replace(params, max_new_tokens=short, min_new_tokens=short))
+    timed(prompt_ids, one_token)
+    timed(variant, replace(params, max_new_tokens=short, min_new_tokens=short))
     # Interleaved, so that a change in the machine's load affects both timings alike.
     prefills, runs = [], []
     for _ in range(SPEED_RUNS):
-        prefills.append(timed(one_token)[0])
-        runs.append(timed(params))
+        prefills.append(timed(prompt_ids, one_token)[0])
+        runs.append(timed(variant, params))
     prefill_s = statistics.median(prefills)
     generate_s, generated = statistics.median(run[0] for run in runs), runs[0][1]
     decode_s = generate_s - prefill_s
@@ -181,10 +256,10 @@ def generation_speed(engine: Any, prompt_ids: list[int], gen_tokens: int) -> dic
     }
 
 
-def _synchronize(model: Any) -> None:
-    import torch
+def _synchronize(cuda: bool) -> None:
+    if cuda:
+        import torch
 
-    if model.device.type == "cuda":
         torch.cuda.synchronize()
 
 
@@ -241,7 +316,7 @@ def _child_main(argv: Sequence[str]) -> int:
     spec = MeasureSpec(**json.loads(spec_path.read_text(encoding="utf-8")))
     try:
         result = measure(spec)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except (FileNotFoundError, ValueError, OSError, UsageError) as e:
         result_path.write_text(json.dumps({"error": str(e)}), encoding="utf-8")
         return 2
     result_path.write_text(json.dumps(result), encoding="utf-8")
@@ -253,7 +328,7 @@ def _child_main(argv: Sequence[str]) -> int:
 
 def eval_(
     *,
-    model: Path,
+    model: list[Path],
     reference: Path | None = None,
     text: Path,
     seqlen: int = 2048,
@@ -263,28 +338,29 @@ def eval_(
     output: Path | None = None,
     load: LoadOptions = LoadOptions(),
 ) -> int:
-    """Compare a (quantized) model with its reference: perplexity, weight size, peak memory, tokens/s.
+    """Compare (quantized) models with their reference: perplexity, weight size, peak memory, tokens/s.
 
     Each model is loaded and measured in its own process, one after the other, so peak memory is
     per model. Perplexity runs over the whole text in windows of --seqlen tokens (see --stride);
-    speed is greedy generation of --gen-tokens tokens after a prompt cut from the text; --dtype applies
-    to unquantized models. Writes eval.json and eval.md (the table, also printed).
+    speed is greedy generation of --gen-tokens tokens after a prompt cut from the text. A GGUF
+    file runs on the CPU through llama.cpp; --device and --dtype apply to model folders (--dtype to
+    unquantized ones). Writes eval.json and eval.md (the table, also printed).
 
     Args:
-        model: the model folder to evaluate: a GPTQ folder from `belle gptq quantize`, or any model folder.
-        reference: the model it was made from (16/32-bit), measured the same way beside it.
+        model: the models to evaluate, one or more: GPTQ folders from `belle gptq quantize`, model folders,
+            or GGUF files from `belle export gguf`.
+        reference: the model they were made from (a 16/32-bit folder), measured the same way, first.
         text: held-out UTF-8 text for perplexity (wikitext-2's test split, our own documents, ...).
-        seqlen: tokens per perplexity window; capped at the models' max_position_embeddings.
+        seqlen: tokens per perplexity window; capped at the models' context (max_position_embeddings).
         stride: tokens scored per window; below --seqlen the windows overlap and each token sees more context; default: --seqlen.
         max_chars: use only the first MAX_CHARS characters of the text.
         gen_tokens: tokens generated for the speed measurement (exactly that many: EOS is suppressed); 0 skips it.
         output: folder for eval.json and eval.md, or a file name ending in .json or .md (both are written beside
-            each other); default: the --model folder.
+            each other); default: the first --model folder, or FILE.eval.json and .md beside a first --model FILE.gguf.
     """
     models = [("reference", reference)] if reference is not None else []
-    models.append(("model", model))
-    for flag, folder in models:
-        _check_model_folder(flag, folder)
+    models += [("model", path) for path in model]
+    kinds = {path: _check_model(flag, path) for flag, path in models}
     text_value = _read_text(text, max_chars)
     problems = []
     if seqlen < 1:
@@ -295,29 +371,30 @@ def eval_(
         problems.append(f"--gen-tokens must be 0 (no speed measurement) or more, not {gen_tokens}")
     if problems:
         raise UsageError("; ".join(problems))
-    context = min(_max_positions(folder) for _, folder in models)
+    context = min(_max_positions(path, kinds[path]) for _, path in models)
     window = min(seqlen, context)
     if window < seqlen:
         logger.info("--seqlen %d is longer than the models' %d positions; using %d", seqlen, context, window)
     if gen_tokens >= context:
         raise UsageError(f"--gen-tokens {gen_tokens} leaves no room for a prompt in the models' {context}-token context")
-    tokens = _count_tokens(models, text_value, load.trust_remote_code)
-    files = _output_files(output if output is not None else model)
+    _check_token_count([(flag, path) for flag, path in models if kinds[path] == "folder"], text_value,
+                       load.trust_remote_code)
+    files = _output_files(output if output is not None else _default_output(model[0]))
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="belle-gptq-eval-") as tmp:
         text_file = Path(tmp) / "text.txt"
         text_file.write_text(text_value, encoding="utf-8")
-        for role, folder in models:
-            logger.info("measuring %s %s in a fresh process", role, folder)
-            spec = MeasureSpec(str(folder), str(text_file), window, stride, gen_tokens, load.device, load.dtype,
+        for role, path in models:
+            logger.info("measuring %s %s in a fresh process", role, path)
+            spec = MeasureSpec(str(path), str(text_file), window, stride, gen_tokens, load.device, load.dtype,
                                load.trust_remote_code)
-            rows.append({"role": role, "path": str(folder), "weights": describe_weights(folder),
-                         "quantization": quantization_info(folder), "weights_bytes": weights_bytes(folder),
+            rows.append({"role": role, "path": str(path), "format": kinds[path], "weights": describe_weights(path),
+                         "quantization": quantization_info(path), "weights_bytes": model_bytes(path),
                          **measure_in_subprocess(spec)})
     _compare(rows)
     report = {
-        "text": {"path": str(text), "chars": len(text_value), "tokens": tokens},
+        "text": {"path": str(text), "chars": len(text_value), "tokens": rows[0]["text_tokens"]},
         "settings": {"seqlen": window, "stride": stride or window, "gen_tokens": gen_tokens,
                      "prompt_tokens": rows[-1].get("prompt_tokens"), "device": load.device, "dtype": load.dtype},
         "models": rows,
@@ -330,13 +407,36 @@ def eval_(
     return 0
 
 
-def _check_model_folder(flag: str, folder: Path) -> None:
-    if not folder.is_dir():
-        raise UsageError(f"--{flag} {folder}: no such folder")
-    if not (folder / "config.json").is_file():
-        raise UsageError(f"--{flag} {folder}: not a model folder (no config.json)")
-    if not weights_bytes(folder):
-        raise UsageError(f"--{flag} {folder}: no weight files (*.safetensors, *.bin)")
+def _check_model(flag: str, path: Path) -> str:
+    """"gguf" for a GGUF file, "folder" for a model folder with weights; else a `UsageError`."""
+    from belle.llamacpp import is_gguf
+
+    if path.is_file() or path.suffix.lower() == ".gguf":
+        if not path.exists():
+            raise UsageError(f"--{flag} {path}: no such file")
+        if not path.is_file():
+            raise UsageError(f"--{flag} {path}: a folder, not a GGUF file")
+        if not is_gguf(path):
+            raise UsageError(f"--{flag} {path}: not a GGUF file (it does not start with the GGUF magic bytes)"
+                             if path.suffix.lower() == ".gguf" else
+                             f"--{flag} {path}: a file that is not GGUF; name a model folder or a GGUF file")
+        try:
+            gguf_info(path)
+        except ValueError as e:
+            raise UsageError(f"--{flag} {e}") from None
+        return "gguf"
+    if not path.is_dir():
+        raise UsageError(f"--{flag} {path}: no such folder")
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--{flag} {path}: not a model folder (no config.json)")
+    if not weights_bytes(path):
+        raise UsageError(f"--{flag} {path}: no weight files (*.safetensors, *.bin)")
+    return "folder"
+
+
+def _default_output(first: Path) -> Path:
+    """The first model's folder, or `NAME.eval.json` beside a GGUF file `NAME.gguf`."""
+    return first.with_name(first.stem + ".eval.json") if first.is_file() else first
 
 
 def _read_text(path: Path, max_chars: int | None) -> str:
@@ -354,29 +454,27 @@ def _read_text(path: Path, max_chars: int | None) -> str:
     return value
 
 
-def _max_positions(folder: Path) -> int:
-    config = _read_json(folder / "config.json")
+def _max_positions(path: Path, kind: str) -> int:
+    if kind == "gguf":
+        return gguf_info(path).context_length or 2048
+    config = _read_json(path / "config.json")
     config = config.get("text_config", config)
     return int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
 
 
-def _count_tokens(models: list[tuple[str, Path]], text: str, trust_remote_code: bool) -> int:
-    """The text's length in tokens; at least 2 are needed, and the two tokenizers should agree."""
+def _check_token_count(models: list[tuple[str, Path]], text: str, trust_remote_code: bool) -> None:
+    """Perplexity needs at least 2 tokens: checked with each model folder's tokenizer before any is
+    measured (a GGUF file's tokenizer is llama.cpp's: its process checks it)."""
     from belle.modeling import load_tokenizer
 
-    encoded = {}
     for role, folder in models:
         try:
             tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise UsageError(f"--{role} {folder}: cannot load its tokenizer: {e}") from None
-        encoded[role] = encode_text(tokenizer, text)
-    ids = encoded["model"]
-    if len(ids) < 2:
-        raise UsageError(f"the text is {len(ids)} token(s) long; perplexity needs at least 2")
-    if "reference" in encoded and encoded["reference"] != ids:
-        logger.warning("the model and the reference tokenize the text differently: their perplexities are not comparable")
-    return len(ids)
+        count = len(encode_text(tokenizer, text))
+        if count < 2:
+            raise UsageError(f"the text is {count} token(s) long; perplexity needs at least 2")
 
 
 def _output_files(output: Path) -> tuple[Path, Path]:
@@ -389,30 +487,40 @@ def _output_files(output: Path) -> tuple[Path, Path]:
 
 
 def _compare(rows: list[dict[str, Any]]) -> None:
-    """Add each row's size ratio and perplexity change relative to the reference row (the first)."""
-    reference = rows[0] if rows[0]["role"] == "reference" else None
+    """Add each row's size ratio and perplexity change relative to the reference row (the first),
+    and `same_tokens`: whether its tokenizer encodes the text as the first row's does. Perplexities
+    per token of different tokenizations do not compare: such a row gets no perplexity change."""
+    first = rows[0]
+    reference = first if first["role"] == "reference" else None
     for row in rows:
-        if reference is None:
-            row["size_ratio"] = row["perplexity_change"] = row["perplexity_change_pct"] = None
-            continue
-        row["size_ratio"] = row["weights_bytes"] / reference["weights_bytes"]
-        row["perplexity_change"] = row["perplexity"] - reference["perplexity"]
-        row["perplexity_change_pct"] = 100 * row["perplexity_change"] / reference["perplexity"]
+        row["same_tokens"] = row["text_ids_sha256"] == first["text_ids_sha256"]
+        if not row["same_tokens"]:
+            logger.warning("%s tokenizes the text differently from %s (%d tokens against %d): their perplexities "
+                           "are not comparable", row["path"], first["path"], row["text_tokens"], first["text_tokens"])
+        row["size_ratio"] = row["weights_bytes"] / reference["weights_bytes"] if reference else None
+        row["perplexity_change"] = row["perplexity_change_pct"] = None
+        if reference is not None and row["same_tokens"]:
+            row["perplexity_change"] = row["perplexity"] - reference["perplexity"]
+            row["perplexity_change_pct"] = 100 * row["perplexity_change"] / reference["perplexity"]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The side-by-side table with a line on what was measured."""
     text, settings, rows = report["text"], report["settings"], report["models"]
-    header = ["model", "path", "weights", "weights MB", "size vs ref", "perplexity", "change vs ref",
+    header = ["model", "path", "weights", "runs on", "weights MB", "size vs ref", "perplexity", "change vs ref",
               "peak memory MB", "prompt ms", "tokens/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        change = "" if row["perplexity_change"] is None or row["role"] == "reference" else (
-            f"{row['perplexity_change']:+.3f} ({row['perplexity_change_pct']:+.2f}%)")
+        change = ""
+        if not row["same_tokens"]:
+            change = "not comparable: other tokens"
+        elif row["perplexity_change"] is not None and row["role"] != "reference":
+            change = f"{row['perplexity_change']:+.3f} ({row['perplexity_change_pct']:+.2f}%)"
         cells = [
             row["role"],
             f"`{row['path']}`",
             row["weights"],
+            f"{row['device']}, {row['runtime']}",
             f"{row['weights_bytes'] / MB:.2f}",
             "" if row["size_ratio"] is None else f"{row['size_ratio']:.2f}x",
             f"{row['perplexity']:.3f}",
@@ -422,16 +530,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             _number(row.get("decode_tokens_per_s"), 1, ".1f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    memory = rows[-1]["memory"]
     notes = [
         f"Perplexity on `{text['path']}` ({text['chars']:,} characters, {text['tokens']:,} tokens): windows of "
         f"{settings['seqlen']} tokens, {settings['stride']} scored per window.",
-        f"Peak memory: {memory}" + (" of the measuring process (Python, torch and transformers included)."
-                                    if memory.startswith("cpu") else ", weights and activations."),
     ]
+    for memory in dict.fromkeys(row["memory"] for row in rows):
+        notes.append(f"Peak memory: {memory}" + (
+            " of the measuring process (Python, torch and transformers included; for a GGUF file, the pages of "
+            "the mapped file llama.cpp touched)." if memory.startswith("cpu") else ", weights and activations."))
     if settings["gen_tokens"]:
-        notes.append(f"Speed on {rows[-1]['device']}: greedy, batch 1, a {settings['prompt_tokens']}-token prompt "
-                     f"(prompt ms: time to the first token), then {settings['gen_tokens']} tokens (tokens/s: decoding).")
+        notes.append(f"Speed: greedy, batch 1, a {settings['prompt_tokens']}-token prompt (prompt ms: time to the "
+                     f"first token), then {settings['gen_tokens']} tokens (tokens/s: decoding).")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 

@@ -6,22 +6,26 @@ import pytest
 import torch
 
 from tests.train.helpers import SAMPLES, files_list, read_metrics
+from tests.train.test_generation_config import assert_ends_like_the_template
 
 
 @pytest.mark.slow
-def test_lora_run_saves_an_adapter_that_merge_folds_into_the_base(train, belle_cli, tiny_model_dir, tmp_path):
+def test_lora_run_saves_an_adapter_that_merge_folds_into_the_base(train, belle_cli, tiny_model_dir, tokenizer, tmp_path):
     """method=lora writes adapter files (rank 8) and no full weights; the merged folder is a complete
-    model (weights, tokenizer, belle.json) whose logits equal base + adapter, and differ from the base."""
+    model (weights, tokenizer, belle.json) whose logits equal base + adapter, and differ from the base.
+    Trained with the chatml template, both folders hold a generation config that ends replies at its
+    turn end (test_generation_config.py)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "lora"
     train(out, "method=lora", "lora.r=8", f"data.train_files={files_list(SAMPLES / 'belle_conversations.jsonl')}",
-          "training.max_steps=6", "training.batch_size=2", "training.learning_rate=5e-3")
+          "model.template=chatml", "training.max_steps=6", "training.batch_size=2", "training.learning_rate=5e-3")
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "model.safetensors").exists()
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
-    assert json.loads((out / "belle.json").read_text())["template"] == "belle"
+    assert json.loads((out / "belle.json").read_text())["template"] == "chatml"
+    assert_ends_like_the_template(out, tokenizer)
     assert read_metrics(out)["train"]["train_loss"] > 0
 
     merged_dir = tmp_path / "merged"
@@ -29,11 +33,12 @@ def test_lora_run_saves_an_adapter_that_merge_folds_into_the_base(train, belle_c
     assert result.returncode == 0, result.stderr
     assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "config.json").is_file()
     assert not (merged_dir / "adapter_config.json").exists()
-    assert json.loads((merged_dir / "belle.json").read_text())["template"] == "belle"
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    assert len(tokenizer) == len(AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert json.loads((merged_dir / "belle.json").read_text())["template"] == "chatml"
+    assert_ends_like_the_template(merged_dir, tokenizer)
+    merged_tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    assert len(merged_tokenizer) == len(AutoTokenizer.from_pretrained(tiny_model_dir))
 
-    ids = tokenizer("Human: \n为什么天空是蓝色的？\n\nAssistant: \n因为大气散射阳光中的蓝光。", return_tensors="pt")["input_ids"]
+    ids = merged_tokenizer("Human: \n为什么天空是蓝色的？\n\nAssistant: \n因为大气散射阳光中的蓝光。", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), str(out)).eval()
         expected = adapted(input_ids=ids).logits

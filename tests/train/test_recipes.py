@@ -1,10 +1,10 @@
-"""Every shipped recipe in train/configs/ runs as the README shows it: one plain process and
-`torchrun --nproc_per_node 2`, with only the model, data, output folder and step count overridden
-(and grpo's reward model, the other placeholder).
+"""Every shipped recipe in train/configs/ runs as the README shows it: as one plain process, and
+those of TWO_RANKS under `torchrun --nproc_per_node 2` too, with only the model, data, output folder
+and step count overridden (and grpo's reward model, the other placeholder).
 
 The runs also carry the checks on what DeepSpeed saves (they replace test_deepspeed.py's own
 two-process runs): one optimizer shard per rank, and a final model with every tensor whole (ZeRO-3
-gathers its shards; belle_full_ft and llama_ext_7b use ZeRO-3, pt ZeRO-2).
+gathers its shards; belle_full_ft and llama_ext_7b use ZeRO-3, pt and rm ZeRO-2).
 """
 
 import math
@@ -43,7 +43,7 @@ def shipped_train_configs() -> set[str]:
 
 
 def test_every_shipped_recipe_is_run_by_the_recipe_test():
-    assert shipped_train_configs() == set(RECIPES)
+    assert shipped_train_configs() == set(RECIPES) and set(TWO_RANKS) <= set(RECIPES)
 
 
 def test_deepspeed_without_a_launcher_gets_a_world_of_one(caplog):
@@ -104,9 +104,20 @@ def expected_samples(config: dict, processes: int, records: int) -> int:
     return processes * min(2 * t["batch_size"] * t["gradient_accumulation_steps"], records // processes)
 
 
+# Recipes also run under torchrun on 2 ranks: one per distinct rank-dependent path of belle train
+# (plain DDP with packing, ZeRO-3 full with its gathered save and the per-rank sample count, ZeRO-3
+# offload with LoRA, ZeRO-2 with a TRL reference adapter, ZeRO-2 full with the reward model's save,
+# and RL generation groups spread over ranks). The rest add no rank-dependent code of ours and would
+# cost about 30 s each on 2 cores: llama_ext_7b is belle_full_ft's path (ZeRO-3, full, unpacked sft)
+# with other sizes; pt is ZeRO-2 full (rm's) with packing (quickstart's), and its chunking runs before
+# the ranks split; kto is ZeRO-2 LoRA on a TRL trainer (dpo's), with rank-independent data prep.
+TWO_RANKS = ("quickstart", "belle_full_ft", "belle_lora", "dpo", "rm", "grpo")
+CASES = [pytest.param(recipe, 1, id=f"{recipe}-one-process") for recipe in RECIPES] + [
+    pytest.param(recipe, 2, id=f"{recipe}-torchrun-2") for recipe in TWO_RANKS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "torchrun-2"])
-@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize(("recipe", "processes"), CASES)
 def test_shipped_recipe_runs_as_written(recipe, processes, tiny_model_dir, tmp_path, request):
     """Exit 0 with no traceback, a loss logged, 2 optimizer steps, a COMPLETE checkpoint and a saved
     final model or adapter. A full model is saved whole (every tensor at full shape, even under

@@ -15,7 +15,7 @@ def fingerprint(out):
 
 
 @pytest.mark.slow
-def test_a_foreign_checkpoint_survives_and_a_changed_run_waits_for_resume_force(train, belle_cli, tiny_model_dir, tmp_path):
+def test_a_foreign_checkpoint_survives_and_a_changed_run_waits_for_resume_force(train, belle_main, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     foreign = out / "checkpoint-3"
     foreign.mkdir(parents=True)
@@ -28,7 +28,8 @@ def test_a_foreign_checkpoint_survives_and_a_changed_run_waits_for_resume_force(
     assert fingerprint(out)["training.learning_rate"] == 2e-05
     model = (out / "model.safetensors").read_bytes()
 
-    changed = belle_cli("train", *train_overrides(tiny_model_dir, out, *SETTINGS, "training.learning_rate=0.001", "training.max_steps=4"))
+    # The refusal is a usage error, so it runs in this process (no model loads before it).
+    changed = belle_main("train", *train_overrides(tiny_model_dir, out, *SETTINGS, "training.learning_rate=0.001", "training.max_steps=4"))
     assert changed.returncode == 2, tail(changed)
     assert "training.learning_rate: 2e-05 -> 0.001" in changed.stderr and "training.max_steps: 2 -> 4" in changed.stderr
     assert "Traceback" not in changed.stderr
