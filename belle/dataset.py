@@ -191,11 +191,11 @@ def _workers(num_proc: int | None, rows: int, rows_per_batch: int) -> int | None
     """Processes for a batched `map` over `rows` rows: no more than it has batches (each process
     packs only the samples it holds, so splitting one packing window would leave rows half empty),
     nor than the CPUs this process may use."""
-    import os
+    from belle.hardware import usable_cpus
 
     if not num_proc:
         return None
-    workers = min(num_proc, -(-rows // rows_per_batch), len(os.sched_getaffinity(0)))
+    workers = min(num_proc, -(-rows // rows_per_batch), usable_cpus())
     return workers if workers > 1 else None
 
 

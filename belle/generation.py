@@ -550,6 +550,22 @@ class TextStream:
         return "".join(self)
 
 
+def generation_defaults(config: Any) -> GenerationParams:
+    """What transformers' `generate()` does with no arguments under `config` (a `GenerationConfig`, or
+    the dict of a generation_config.json): greedy unless it samples; its temperature, top_p, top_k
+    (50, generate's own default, when unset), repetition_penalty; 512 new tokens."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    sample = bool(get("do_sample"))
+    temperature, top_k = get("temperature"), get("top_k")
+    return GenerationParams(
+        temperature=float(temperature if temperature is not None else 1.0) if sample else 0.0,
+        top_p=float(get("top_p") or 1.0),
+        top_k=int(top_k if top_k is not None else 50),
+        repetition_penalty=float(get("repetition_penalty") or 1.0),
+        max_new_tokens=512,
+    )
+
+
 @dataclass
 class Engine:
     """A loaded model with its tokenizer and template.
@@ -595,17 +611,8 @@ class Engine:
 
     @property
     def default_params(self) -> GenerationParams:
-        """What `model.generate()` does with no arguments, from the model's generation_config: greedy
-        unless it samples; its temperature, top_p, top_k, repetition_penalty; 512 new tokens."""
-        config = self.model.generation_config
-        sample = bool(config.do_sample)
-        return GenerationParams(
-            temperature=float(config.temperature if config.temperature is not None else 1.0) if sample else 0.0,
-            top_p=float(config.top_p or 1.0),
-            top_k=int(config.top_k if config.top_k is not None else 50),  # generate's own default when unset
-            repetition_penalty=float(config.repetition_penalty or 1.0),
-            max_new_tokens=512,
-        )
+        """What `model.generate()` does with no arguments (`generation_defaults` of the model's generation_config)."""
+        return generation_defaults(self.model.generation_config)
 
     def close(self) -> None:
         """Stop the batcher, if any; streams still running end as cancelled."""
@@ -904,7 +911,7 @@ def load_engine(
     )
     model.eval()
     limit = int(context_length or getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length)
-    eos_token_ids = reply_end_ids(model, tokenizer, resolved)
+    eos_token_ids = reply_end_ids(tokenizer, resolved, model.generation_config.eos_token_id)
     batcher = None
     if batching:
         from belle.batching import BatchingOptions, start_batcher

@@ -11,8 +11,10 @@ temperature 0. Logprobs are log_softmax of the raw logits in float32.
 
 One engine decodes one sequence at a time: a worker thread takes requests first in, first out
 (streams, prompt scoring, perplexity) and feeds each stream token by token, checking its cancel flag
-after every token. The KV cache keeps the last sequence, so a prompt that starts as the previous one
-did (the next turn of a chat) evaluates only what is new.
+after every token (a prompt is evaluated `n_batch` tokens per llama.cpp call; `close()` is seen
+between calls, a cancel only once the prompt is in). The KV cache keeps the last sequence, so a
+prompt that starts as the previous one did (the next turn of a chat) evaluates only what is new.
+The worker thread alone touches llama.cpp's context, and frees it when it stops.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import ctypes
 import functools
 import json
 import logging
-import os
 import queue
 import threading
 from dataclasses import replace
@@ -33,15 +34,24 @@ import numpy as np
 
 from belle.cli import UsageError
 from belle.generation import (
-    MAX_TOP_LOGPROBS, Completion, Engine, GenerationParams, PromptTooLong, TextStream, TokenLogprob,
+    MAX_TOP_LOGPROBS, Completion, Engine, GenerationParams, PromptTooLong, TextStream, TokenLogprob, generation_defaults,
 )
+from belle.hardware import usable_cpus
+from belle.modeling import reply_end_ids, resolve_template
 from belle.perplexity import TextScore, windows
-from belle.templates import Template, get_template
+from belle.templates import Template
 
 logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 INSTALL_HINT = "pip install 'belle[gguf]'"
+DEFAULT_CONTEXT = 4096
+"""Tokens of context llama.cpp allocates when no `context_length` is asked for and the model was
+trained on more: its KV cache is allocated up front (a 128k-token model's would take gigabytes)."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed while a request waited or ran."""
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -266,6 +276,8 @@ class _Context:
         self.api = llama_cpp
         self.batch: Any = None
         self.ctx: Any = None
+        self.closing = threading.Event()
+        """Set by `GgufEngine.close()`: `feed` stops before its next llama.cpp call."""
         chatter = logging.getLogger("llama-cpp-python")  # llama.cpp's own log, through llama-cpp-python
         if chatter.level == logging.NOTSET:
             chatter.setLevel(logging.ERROR)
@@ -278,7 +290,7 @@ class _Context:
         if not self.model:
             raise ValueError(f"{path}: llama.cpp cannot load it (its log above says why)")
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
-        n_ctx = context_length or self.n_ctx_train
+        n_ctx = self.n_ctx = context_length or min(self.n_ctx_train, DEFAULT_CONTEXT)
         self.n_batch = min(n_ctx, 512)
         context = llama_cpp.llama_context_default_params()
         context.n_ctx, context.n_batch, context.n_ubatch = n_ctx, self.n_batch, self.n_batch
@@ -314,8 +326,11 @@ class _Context:
 
     def feed(self, tokens: Sequence[int], outputs: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray]]:
         """Evaluate `tokens` after `past`, `n_batch` at a time; yields (index into `tokens`, logits of
-        shape (vocab,), float32) for each index `outputs` wants, and always for the last token."""
+        shape (vocab,), float32) for each index `outputs` wants, and always for the last token.
+        Raises `EngineClosed` before a llama.cpp call once `closing` is set."""
         for start in range(0, len(tokens), self.n_batch):
+            if self.closing.is_set():
+                raise EngineClosed("the engine was closed")
             chunk = tokens[start : start + self.n_batch]
             batch = self.batch
             wanted = []
@@ -378,11 +393,14 @@ class _Request:
             return True
 
     def cancel(self) -> None:
-        """A waiting request ends at once; a running one ends after its current token."""
+        """A waiting request ends at once; a running one ends after its current token (the worker
+        sees the stream's cancel flag). Checked and marked under one lock, so a request the worker
+        claims at that moment is either ended here and never decoded, or decoded and not ended here."""
         with self.lock:
-            waiting = not self.started and not self.ended
-        if waiting:
-            self.end()
+            if self.started or self.ended:
+                return
+            self.ended = True
+        self.stream._finish(None)
 
     def end(self, error: BaseException | None = None) -> None:
         with self.lock:
@@ -442,50 +460,54 @@ class GgufEngine:
 
     @property
     def default_params(self) -> GenerationParams:
-        """What transformers' `generate()` does with the exported generation_config.json: greedy unless
-        it samples; its temperature, top_p, top_k (50 when unset), repetition_penalty; 512 new tokens."""
-        config = self.generation_config
-        sample = bool(config.get("do_sample"))
-        temperature, top_k = config.get("temperature"), config.get("top_k")
-        return GenerationParams(
-            temperature=float(temperature if temperature is not None else 1.0) if sample else 0.0,
-            top_p=float(config.get("top_p") or 1.0),
-            top_k=int(top_k if top_k is not None else 50),
-            repetition_penalty=float(config.get("repetition_penalty") or 1.0),
-            max_new_tokens=512,
-        )
+        """What transformers' `generate()` does with the exported generation_config.json (`generation_defaults`)."""
+        return generation_defaults(self.generation_config)
 
     def close(self) -> None:
-        """Cancel what runs and waits, stop the worker and free llama.cpp's model and context."""
+        """Cancel what runs and waits, stop the worker and wait for it to free llama.cpp's model and
+        context (a running llama.cpp call finishes first: at most `n_batch` tokens). Called from the
+        worker itself (an `on_finish` callback), it returns at once and the worker frees them as it stops."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._context.closing.set()
         self._drop_waiting()
         running = self._running
         if running is not None:
             running.stream.cancel()
         self._jobs.put(_STOP)
-        self._worker.join(timeout=60)
-        self._context.close()
+        if threading.current_thread() is not self._worker:
+            self._worker.join()
 
     def _submit(self, job: Any) -> None:
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"the engine {self.name!r} is closed")
+                raise EngineClosed(f"the engine {self.name!r} is closed")
             self._jobs.put(job)
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not _STOP:
-            if isinstance(job, _Request):
-                self._decode(job)
-            else:
-                function, future = job
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(function())
-                    except BaseException as error:  # raised again in the caller
-                        future.set_exception(error)
+        """Run jobs in order until `_STOP`, then free the context. A job that fails past its own
+        error handling (an `on_finish` callback that raises) is logged; the next one runs."""
+        try:
+            while (job := self._jobs.get()) is not _STOP:
+                try:
+                    self._run(job)
+                except Exception:
+                    logger.exception("%s: a request failed outside its stream", self.name)
+        finally:
+            self._context.close()
+
+    def _run(self, job: Any) -> None:
+        if isinstance(job, _Request):
+            self._decode(job)
+            return
+        function, future = job
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(function())
+            except BaseException as error:  # raised again in the caller
+                future.set_exception(error)
 
     def _drop_waiting(self) -> None:
         """End every queued request (as cancelled) and cancel every queued call."""
@@ -503,7 +525,10 @@ class GgufEngine:
         """Run `function` on the worker thread, in its turn; return its result or raise its error."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._submit((function, future))
-        return future.result()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:  # `close()` dropped it from the queue
+            raise EngineClosed(f"the engine {self.name!r} was closed") from None
 
     def stream(self, prompt_ids: list[int], params: GenerationParams, on_finish: Callable[[], None] | None = None,
                *, more_coming: bool = False) -> TextStream:
@@ -525,7 +550,7 @@ class GgufEngine:
         stream, params = request.stream, request.params
         error = None
         try:
-            rng = np.random.default_rng(params.seed)
+            rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)  # numpy takes no negative seed
             ends = () if params.ignore_eos else tuple(sorted(self.eos_token_ids))
             history = list(request.prompt_ids)
             logits = self._context.prefill(request.prompt_ids)
@@ -539,6 +564,8 @@ class GgufEngine:
                 if stream._cancelled.is_set() or self._closed or token in ends or generated + 1 == params.max_new_tokens:
                     break
                 logits = self._context.step(token)
+        except EngineClosed:  # the stream ends as cancelled
+            pass
         except BaseException as failure:  # handed to the stream's reader, which raises it
             error = failure
         finally:
@@ -616,7 +643,8 @@ def load_gguf_engine(path: str | Path, *, name: str | None = None, template: str
 
     The template is `template` if given, else the file's `belle.template`, else its embedded
     `tokenizer.chat_template` (belle's `model` template). The context is `context_length`, else the
-    model's training context; `threads` defaults to the CPUs this process may use.
+    model's training context up to `DEFAULT_CONTEXT` tokens; `threads` defaults to the CPUs this
+    process may use (`belle.hardware.usable_cpus`).
     Raises `UsageError` without llama-cpp-python, `ValueError` for a file it cannot load.
     """
     llama_cpp = _import_llama_cpp()
@@ -626,43 +654,32 @@ def load_gguf_engine(path: str | Path, *, name: str | None = None, template: str
     if not is_gguf(path):
         raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     metadata = read_belle_metadata(path)
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or usable_cpus()
     context = _Context(llama_cpp, path, context_length, threads)
     try:
         tokenizer = LlamaCppTokenizer(llama_cpp, context.model, metadata)
-        resolved = _template(path, tokenizer, template or metadata.get("belle.template"))
-        limit = context_length or context.n_ctx_train
+        resolved = resolve_template(path, tokenizer, template or metadata.get("belle.template"))
         eos_token_ids = _eos_ids(llama_cpp, context.model, tokenizer, resolved, metadata)
-        engine = GgufEngine(context, tokenizer, resolved, name or path.stem, limit, eos_token_ids,
+        engine = GgufEngine(context, tokenizer, resolved, name or path.stem, context.n_ctx, eos_token_ids,
                             _generation_config(path, metadata))
     except BaseException:
         context.close()
         raise
-    logger.info("%s: llama.cpp, %d-token context, %d threads, template %s", path.name, limit, threads, resolved.name)
+    if context.n_ctx < context.n_ctx_train and not context_length:
+        logger.info("%s: a %d-token context of the model's %d (--context-length asks for more)", path.name,
+                    context.n_ctx, context.n_ctx_train)
+    logger.info("%s: llama.cpp, %d-token context, %d threads, template %s", path.name, context.n_ctx, threads, resolved.name)
     return engine
 
 
-def _template(path: Path, tokenizer: LlamaCppTokenizer, name: str | None) -> Template:
-    if name is None:
-        if not tokenizer.chat_template:
-            raise ValueError(f"{path}: no belle.template and no tokenizer.chat_template in the file; name a template")
-        name = "model"
-    return get_template(name, tokenizer)
-
-
 def _eos_ids(llama_cpp: Any, model: Any, tokenizer: LlamaCppTokenizer, template: Template, metadata: dict[str, Any]) -> frozenset[int]:
-    """`belle.eos_token_ids` when the file has it; else llama.cpp's EOS and EOT and the template's end
-    token (when it is one token), as `belle.modeling.reply_end_ids` finds them for a transformers model."""
+    """`belle.eos_token_ids` when the file has it; else `belle.modeling.reply_end_ids` with llama.cpp's
+    EOS and EOT as the configured ends (llama.cpp says -1 for one the vocabulary lacks)."""
     if "belle.eos_token_ids" in metadata:
         return frozenset(int(i) for i in metadata["belle.eos_token_ids"])
     vocab = llama_cpp.llama_model_get_vocab(model)
-    ids = {int(llama_cpp.llama_vocab_eos(vocab)), int(llama_cpp.llama_vocab_eot(vocab))}
-    end = template.assistant_end.replace("{eos}", tokenizer.eos_token or "").strip()
-    if end:
-        end_ids = tokenizer(end, add_special_tokens=False)["input_ids"]
-        if len(end_ids) == 1:
-            ids.add(end_ids[0])
-    return frozenset(i for i in ids if i >= 0)
+    configured = [int(llama_cpp.llama_vocab_eos(vocab)), int(llama_cpp.llama_vocab_eot(vocab))]
+    return frozenset(i for i in reply_end_ids(tokenizer, template, configured) if i >= 0)
 
 
 def _generation_config(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:

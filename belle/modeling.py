@@ -77,7 +77,8 @@ def resolve_template(model_dir: str | Path, tokenizer: Any, name: str | None = N
     name = name or read_checkpoint_info(model_dir).get("template")
     if name is None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{model_dir}: no belle.json and no chat_template in the tokenizer; name a template")
+            raise ValueError(f"{model_dir}: no template recorded (belle.json, or a GGUF file's belle.template) and no "
+                             "chat_template in the tokenizer; name a template")
         name = "model"
     return get_template(name, tokenizer)
 
@@ -212,11 +213,12 @@ def weights_bytes(model_dir: str | Path) -> int:
     )
 
 
-def reply_end_ids(model: Any, tokenizer: Any, template: Template) -> frozenset[int]:
-    """EOS, the generation config's end ids, and the template's turn-end token if it is one token."""
+def reply_end_ids(tokenizer: Any, template: Template, configured: int | list[int] | None = None) -> frozenset[int]:
+    """The ids that end a reply: the tokenizer's EOS, `configured` (a generation config's
+    `eos_token_id`: one id, a list or None; llama.cpp's EOS and EOT for a GGUF file) and the
+    template's turn-end token if it is one token."""
     ids = {tokenizer.eos_token_id}
-    configured = model.generation_config.eos_token_id
-    ids.update(configured if isinstance(configured, list) else [configured])
+    ids.update(configured if isinstance(configured, (list, tuple, set, frozenset)) else [configured])
     end = template.assistant_end.replace("{eos}", tokenizer.eos_token or "").strip()
     if end:
         end_ids = tokenizer(end, add_special_tokens=False)["input_ids"]

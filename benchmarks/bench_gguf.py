@@ -4,12 +4,13 @@
 Method: the ~80M "base" model of `bench_serve.py` (a LLaMA of GPT-2 small's shape, built by
 `belle.models.tiny.build_tiny_model` with `bench_serve.SIZES["base"]`) is trained briefly with
 `belle.testing.tiny_training.train_tiny_model` (what `bench_gptq.py` does to its model): by default
-16 steps of 4 x 128 tokens at lr 1e-3. That is short on purpose. One step of this model takes 8 to 30 s
-on the 2 shared cores this was built on, so the 300 steps `bench_gptq.py` gives its 5M model would take
-hours. An untrained model would be worse still: its next-token distribution is near uniform over the
-3,471 tokens (perplexity about 3,500), and quantization noise barely moves it. After 16 steps the model
-has learnt the corpus's token frequencies and some of its short-range statistics (perplexity in the
-hundreds), enough for the error quantization adds to show.
+16 steps of 4 x 128 tokens at lr 1e-3. That is all the time allows. One step of this model took 25 to
+35 s on the 2 shared cores this was built on (482 s for the 16), so the 300 steps `bench_gptq.py`
+gives its 5M model would take hours. It is barely enough: an untrained model's next-token distribution
+is near uniform over the 3,471 tokens (perplexity about 3,500), and after 16 steps the perplexity is
+still about 2,150. Quantization moves that by hundredths of a percent, about as much as noise does, so
+the quality goal is only meaningful with more training (`--train-steps`, `--lr`; `--workdir` keeps the
+trained model for later runs). The speed goal does not depend on the training.
 
 Then, from that one float32 folder:
 - GPTQ 4-bit, groups of 128 (`belle.gptq.quantize.quantize`, what `belle gptq quantize` runs),
@@ -29,7 +30,9 @@ perplexity increase over fp32 <= 2x the GPTQ 4-bit increase, on the same text. E
 PASS or FAIL; the exit status is 0 only if both pass.
 
 Usage:
-    python benchmarks/bench_gguf.py                                   # about 15 to 25 minutes on 2 shared cores
+    python benchmarks/bench_gguf.py                                   # about 15 minutes on 2 shared cores
+    python benchmarks/bench_gguf.py --build-only --workdir runs/bench-gguf   # build, train, quantize; then
+    python benchmarks/bench_gguf.py --workdir runs/bench-gguf                # measure (about 3 minutes)
     python benchmarks/bench_gguf.py --json bench_gguf.json
     python benchmarks/bench_gguf.py --size tiny --train-steps 20 --gen-tokens 16   # a quick check (2 to 3 minutes)
 """

@@ -122,11 +122,55 @@ def tiny_gptq_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_gguf_f32(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model exported to a float32 GGUF file (`belle export gguf --type f32`, a few seconds)."""
-    from belle.export.gguf import export_gguf
+def arch_model(tmp_path_factory, tiny_model_dir):
+    """`arch_model("qwen2")`: the folder of a tiny random model of that family, built once per
+    session (the shared tiny LLaMA for "llama"); `arch_model("llama", hidden_size=256)` or
+    `arch_model("llama", tokenizer_kind="sentencepiece")` for other `build_tiny_model` settings.
+    Read-only: copy it to change it."""
+    import inspect
 
-    return export_gguf(tiny_model_dir, tmp_path_factory.mktemp("tiny_gguf") / "tiny.gguf", type="f32").out
+    from belle.models.tiny import build_tiny_model
+
+    defaults = {name: p.default for name, p in inspect.signature(build_tiny_model).parameters.items()}
+    built = {("llama",): tiny_model_dir}
+
+    def get(arch: str, **settings) -> Path:
+        key = (arch, *sorted((k, v) for k, v in settings.items() if v != defaults.get(k)))
+        if key not in built:
+            built[key] = build_tiny_model(tmp_path_factory.mktemp(f"tiny_{arch}") / "model", arch=arch, **settings)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, arch_model):
+    """`exported("qwen2", "f32")`: the `ExportReport` of that family's tiny model (`arch_model`,
+    with the same settings) exported to GGUF in that type, once per session."""
+    from belle.export import export_gguf
+
+    done = {}
+
+    def get(arch: str, type: str = "f32", **settings):
+        model = arch_model(arch, **settings)
+        if (model, type) not in done:
+            out = tmp_path_factory.mktemp(f"gguf_{arch}_{type}") / f"{arch}-{type}.gguf"
+            done[model, type] = export_gguf(model, out, type=type)
+        return done[model, type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_f32(exported) -> Path:
+    """The tiny model exported to a float32 GGUF file (`belle export gguf --type f32`, a few seconds)."""
+    return exported("llama", "f32").out
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_q4_0(exported) -> Path:
+    """The tiny model exported to a q4_0 GGUF file (gguf-py's quantizer, a few seconds)."""
+    return exported("llama", "q4_0").out
 
 
 @pytest.fixture(scope="module")

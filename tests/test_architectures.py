@@ -38,17 +38,11 @@ def test_matrix_names_every_family_and_job():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """`model_dir(row)`: the row's tiny model, built once per test module."""
-    from belle.models.tiny import build_tiny_model
-
-    built = {}
+def model_dir(arch_model):
+    """`model_dir(row)`: the row's tiny model, the session's `arch_model` (read-only)."""
 
     def get(row: MatrixRow):
-        if row.id not in built:
-            folder = tmp_path_factory.mktemp(row.id) / "model"
-            built[row.id] = build_tiny_model(folder, arch=row.model_type, tokenizer_kind=row.tokenizer_kind)
-        return built[row.id]
+        return arch_model(row.model_type, tokenizer_kind=row.tokenizer_kind)
 
     return get
 

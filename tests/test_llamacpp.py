@@ -10,7 +10,7 @@ import pytest
 
 from belle.cli import UsageError
 from belle.generation import GenerationParams
-from belle.llamacpp import is_gguf, load_gguf_engine, next_token_scores, sampling_distribution
+from belle.llamacpp import EngineClosed, _Request, is_gguf, load_gguf_engine, next_token_scores, sampling_distribution
 from belle.models.tiny import tiny_corpus_text
 
 GREEDY = GenerationParams(temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=24)
@@ -45,12 +45,40 @@ def test_a_broken_gguf_file_is_refused_in_one_line(belle_main, tmp_path):
     assert str(broken) in result.stderr
 
 
-@pytest.mark.parametrize("flags, message", [(("--device", "cuda"), "--device cuda"), (("--base", "base"), "--base")])
+@pytest.mark.parametrize("flags, message", [(("--device", "cuda"), "device cuda"), (("--base", "base"), "a base model")])
 def test_gpu_and_base_flags_are_refused_for_a_gguf_file(belle_main, tmp_path, flags, message):
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF\x03\x00\x00\x00")
     result = belle_main("serve", "--model", model, *flags)
     assert result.returncode == 2 and message in result.stderr and "GGUF" in result.stderr
+
+
+class _Finishes:
+    """The part of a TextStream that `_Request` calls: how often `_finish` ran."""
+
+    def __init__(self):
+        self.finished = 0
+
+    def _finish(self, error=None):
+        self.finished += 1
+
+
+def test_a_cancel_racing_the_worker_either_ends_the_request_or_leaves_it_to_decode():
+    for _ in range(300):
+        stream = _Finishes()
+        request = _Request(stream, [1], GREEDY)
+        claimed = []
+        worker = threading.Thread(target=lambda: claimed.append(request.start()))
+        worker.start()
+        request.cancel()
+        worker.join()
+        if claimed[0]:  # decoding goes on: the worker ends the request after its current token
+            assert stream.finished == 0
+            request.end()
+        assert stream.finished == 1
+        request.cancel()
+        request.end()
+        assert stream.finished == 1
 
 
 @pytest.mark.slow  # imports transformers (seconds alone)
@@ -164,6 +192,21 @@ def test_a_seed_makes_sampling_repeatable(gguf):
     first, again = gguf.generate(ids, params), gguf.generate(ids, params)
     other = gguf.generate(ids, replace(params, seed=8))
     assert first == again and first.text != other.text
+    for seed in (-1, -(2**63)):  # the API takes seeds down to -2**63; numpy's generator takes none below 0
+        assert gguf.generate(ids, replace(params, seed=seed)) == gguf.generate(ids, replace(params, seed=seed))
+
+
+@pytest.mark.slow
+def test_an_on_finish_that_raises_does_not_stop_the_engine(gguf, caplog):
+    def fail():
+        raise RuntimeError("on_finish failed")
+
+    ids = _prompts(gguf)[0]
+    before = gguf.generate(ids, GREEDY)
+    stream = gguf.stream(ids, GREEDY, on_finish=fail)
+    assert stream.text() == before.text
+    assert gguf.generate(ids, GREEDY) == before  # the worker goes on with the next request
+    assert "on_finish failed" in caplog.text
 
 
 @pytest.mark.slow
@@ -205,10 +248,35 @@ def test_requests_from_many_threads_each_get_their_own_reply(gguf):
 
 
 @pytest.mark.slow
-def test_a_q4_0_file_answers(tiny_model_dir, tmp_path):
-    from belle.export.gguf import export_gguf
+def test_close_waits_for_a_running_score_and_ends_the_waiting_ones(tiny_gguf_f32, tiny_engine):
+    engine = load_gguf_engine(tiny_gguf_f32)
+    ids = tiny_engine.encode_text(tiny_corpus_text()[:3000])
+    outcomes: dict[str, object] = {}
 
-    engine = load_gguf_engine(export_gguf(tiny_model_dir, tmp_path / "q4.gguf", type="q4_0").out)
+    def score(key):
+        try:
+            outcomes[key] = engine.score_text(ids, 64, 1)  # a window per token: seconds of work
+        except EngineClosed as error:
+            outcomes[key] = error
+
+    threads = {key: threading.Thread(target=score, args=(key,)) for key in ("running", "waiting")}
+    threads["running"].start()
+    while engine._jobs.qsize():  # the worker has taken the first score
+        threading.Event().wait(0.01)
+    threads["waiting"].start()
+    threading.Event().wait(0.2)
+    engine.close()
+    assert not engine._worker.is_alive() and engine._context.ctx is None  # freed once the worker stopped
+    for thread in threads.values():
+        thread.join(10)
+    assert isinstance(outcomes["running"], EngineClosed) and isinstance(outcomes["waiting"], EngineClosed)
+    with pytest.raises(EngineClosed):
+        engine.score_text(ids, 64)
+
+
+@pytest.mark.slow
+def test_a_q4_0_file_answers(tiny_gguf_q4_0):
+    engine = load_gguf_engine(tiny_gguf_q4_0)
     try:
         reply = engine.generate(engine.encode_chat(HISTORY[1:2]), GenerationParams(temperature=0, max_new_tokens=8, ignore_eos=True))
         assert reply.completion_tokens == 8 and reply.text

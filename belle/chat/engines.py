@@ -6,7 +6,6 @@ from pathlib import Path
 
 from belle.cli import UsageError
 from belle.generation import ChatEngine, load_engine
-from belle.llamacpp import is_gguf
 
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:
@@ -35,7 +34,8 @@ def load_engines(
 ) -> dict[str, ChatEngine]:
     """Load every model named by `specs`, in order; each stays in memory (call `close()` on each
     at exit). `base` applies to LoRA adapter folders whose recorded base path does not hold the
-    base model; `batching`, `max_running` and `kv_cache_tokens` are `load_engine`'s."""
+    base model; `batching`, `max_running` and `kv_cache_tokens` are `load_engine`'s, which refuses
+    `base`, a GPU `device` and a `dtype` for a GGUF file (exit status 2 here)."""
     if not specs:
         raise UsageError("name at least one model with --model DIR")
     folders = dict(parse_model_spec(spec) for spec in specs)
@@ -43,11 +43,6 @@ def load_engines(
         raise UsageError("two --model entries have the same name; name them with NAME=DIR")
     if max_running < 1 or (kv_cache_tokens is not None and kv_cache_tokens < 1):
         raise UsageError("--max-running and --kv-cache-tokens must be at least 1")
-    gguf = [str(folder) for folder in folders.values() if is_gguf(folder)]
-    if gguf and base is not None:
-        raise UsageError(f"--base applies to LoRA adapter folders, not to the GGUF file {gguf[0]}")
-    if gguf and device not in (None, "cpu"):
-        raise UsageError(f"--device {device}: the GGUF file {gguf[0]} runs on the CPU through llama.cpp; leave out --device")
     engines = {}
     for name, folder in folders.items():
         try:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from belle.architectures import gguf_refusal
 from belle.cli import UsageError
 
 
@@ -24,6 +25,19 @@ def _rope_parameters(config: Any) -> dict[str, Any]:
     if scaling and "rope_type" not in params:
         params.update(scaling)
     return params
+
+
+ROPE_KINDS = ("default", "linear", "yarn")
+
+
+def _rope_kind(config: Any) -> str:
+    """The RoPE scaling of `config` (one of `ROPE_KINDS`), or a `UsageError` for another."""
+    rope = _rope_parameters(config)
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind not in ROPE_KINDS:
+        raise UsageError(f"GGUF export does not support rope_type {kind!r} (config.json's rope settings); "
+                         f"it supports {', '.join(ROPE_KINDS)}")
+    return kind
 
 
 def head_dim(config: Any) -> int:
@@ -51,7 +65,8 @@ class GgufArch:
     `name` is the GGUF architecture (`general.architecture`), `model_arch` the member of
     `gguf.MODEL_ARCH` whose tensor map names the tensors. `permute_qk`: llama.cpp runs this
     architecture with interleaved RoPE, so q and k rows are reordered. `norm_offset` is added to
-    every RMSNorm weight (Gemma stores `w - 1`). `extra` writes the architecture's own keys.
+    every RMSNorm weight (Gemma stores `w - 1`). `extra` writes the architecture's own keys;
+    `refuse` raises `UsageError` for a config llama.cpp's graph cannot run (see `check_config`).
     `layer_norm`: LayerNorm with a bias, not RMSNorm. `rope`: positions by RoPE (False: ALiBi).
     `fused_qkv`: one query_key_value projection, per head (q, k, v) in HF. `strip` is removed from
     the front of HF tensor names before the lookup (llama.cpp's map knows BLOOM's without it).
@@ -63,6 +78,7 @@ class GgufArch:
     permute_qk: bool = False
     norm_offset: float = 0.0
     extra: Callable[[Any, Any], None] | None = None
+    refuse: Callable[[Any], None] | None = None
     layer_norm: bool = False
     rope: bool = True
     fused_qkv: bool = False
@@ -73,6 +89,20 @@ class GgufArch:
         """Tokens the model was trained on: `max_position_embeddings`; for BLOOM (ALiBi, no such
         field) `seq_length`, else 2048, the length BLOOM was trained on."""
         return int(getattr(config, "max_position_embeddings", None) or getattr(config, "seq_length", None) or 2048)
+
+    def output_name(self, config: Any) -> str:
+        """The GGUF tensor that is the output matrix: `token_embd.weight` when the embeddings are
+        tied and llama.cpp reuses them (no `output.weight` is written), else `output.weight`."""
+        tied = self.reuses_embeddings and bool(getattr(config, "tie_word_embeddings", False))
+        return "token_embd.weight" if tied else "output.weight"
+
+    def check_config(self, config: Any) -> None:
+        """Raise `UsageError` for a variant of the architecture llama.cpp cannot run (a setting of
+        `config`, the transformers config), before any weight is loaded."""
+        if self.rope:
+            _rope_kind(config)
+        if self.refuse is not None:
+            self.refuse(config)
 
     def write_hparams(self, writer: Any, config: Any, context_length: int) -> None:
         """The `{arch}.*` keys llama.cpp reads for this architecture."""
@@ -102,7 +132,7 @@ class GgufArch:
         rope = _rope_parameters(config)
         writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
         writer.add_rope_dimension_count(int(dim * rope.get("partial_rotary_factor", 1.0)))
-        kind = rope.get("rope_type") or rope.get("type") or "default"
+        kind = _rope_kind(config)
         if kind == "linear":
             writer.add_rope_scaling_type(RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(rope["factor"]))
@@ -110,9 +140,6 @@ class GgufArch:
             writer.add_rope_scaling_type(RopeScalingType.YARN)
             writer.add_rope_scaling_factor(float(rope["factor"]))
             writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
-        elif kind != "default":
-            raise UsageError(f"GGUF export does not support rope_type {kind!r} (config.json's rope settings); "
-                             "it supports default, linear and yarn")
 
     def tensors(self, state: dict[str, Any], config: Any) -> Iterator[tuple[str, np.ndarray]]:
         """`(GGUF name, float32 array)` for each tensor of `state` (HF names, torch tensors), in
@@ -122,7 +149,7 @@ class GgufArch:
         import gguf
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[self.model_arch], config.num_hidden_layers)
-        tied = self.reuses_embeddings and bool(getattr(config, "tie_word_embeddings", False))
+        tied = self.output_name(config) == "token_embd.weight"
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         for hf_name, tensor in state.items():
@@ -143,21 +170,26 @@ class GgufArch:
             yield name, array
 
 
-def _qwen2_extra(writer: Any, config: Any) -> None:
+def _qwen2_refuse(config: Any) -> None:
     if getattr(config, "use_sliding_window", False):
         raise UsageError("GGUF export: Qwen2 with use_sliding_window is not supported by llama.cpp's qwen2")
 
 
-def _gemma2_extra(writer: Any, config: Any) -> None:
-    """Soft-capping and the sliding window; llama.cpp alternates local and global layers itself
-    (even layers local) and scales queries by 1/sqrt(head_dim), so other layouts are refused."""
+def _gemma2_refuse(config: Any) -> None:
+    """llama.cpp alternates local and global layers itself (even layers local) and scales queries
+    by 1/sqrt(head_dim): other layouts are refused."""
     if config.query_pre_attn_scalar != head_dim(config):
         raise UsageError(f"GGUF export: Gemma 2 with query_pre_attn_scalar {config.query_pre_attn_scalar} "
                          f"!= head_dim {head_dim(config)} is not supported")
     layer_types = getattr(config, "layer_types", None)
     expected = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(config.num_hidden_layers)]
     if layer_types is not None and list(layer_types) != expected:
-        raise UsageError("GGUF export: Gemma 2 layers must alternate sliding and full attention, as llama.cpp runs them")
+        raise UsageError("GGUF export: Gemma 2 layers must alternate sliding and full attention, "
+                         "as llama.cpp runs them")
+
+
+def _gemma2_extra(writer: Any, config: Any) -> None:
+    """Soft-capping and the sliding window."""
     writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping or 0.0))
     writer.add_final_logit_softcapping(float(config.final_logit_softcapping or 0.0))
     writer.add_sliding_window(int(config.sliding_window))
@@ -172,36 +204,39 @@ GELU = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")
 """The activations llama.cpp's GELU (tanh approximation) stands for; exact `gelu` differs by < 1e-3."""
 
 
-def _bloom_extra(writer: Any, config: Any) -> None:
+def _bloom_refuse(config: Any) -> None:
     """llama.cpp adds each block's input, not its normed input, to the attention output."""
     if getattr(config, "apply_residual_connection_post_layernorm", False):
         raise UsageError("GGUF export: BLOOM with apply_residual_connection_post_layernorm is not supported "
                          "by llama.cpp's bloom")
 
 
-def _gpt_neox_extra(writer: Any, config: Any) -> None:
+def _gpt_neox_refuse(config: Any) -> None:
     if config.hidden_act not in GELU:
         raise UsageError(f"GGUF export: GPT-NeoX with hidden_act {config.hidden_act!r} is not supported; "
                          f"llama.cpp's gptneox runs {', '.join(GELU)}")
+
+
+def _gpt_neox_extra(writer: Any, config: Any) -> None:
     writer.add_parallel_residual(bool(getattr(config, "use_parallel_residual", True)))
 
 
 GGUF_ARCHES: dict[str, GgufArch] = {
     "llama": GgufArch("llama", "LLAMA", permute_qk=True),
     "mistral": GgufArch("llama", "LLAMA", permute_qk=True),
-    "qwen2": GgufArch("qwen2", "QWEN2", extra=_qwen2_extra),
+    "qwen2": GgufArch("qwen2", "QWEN2", refuse=_qwen2_refuse),
     "qwen3": GgufArch("qwen3", "QWEN3"),
-    "gemma2": GgufArch("gemma2", "GEMMA2", norm_offset=1.0, extra=_gemma2_extra),
+    "gemma2": GgufArch("gemma2", "GEMMA2", norm_offset=1.0, extra=_gemma2_extra, refuse=_gemma2_refuse),
     "phi3": GgufArch("phi3", "PHI3", extra=_phi3_extra),
-    "bloom": GgufArch("bloom", "BLOOM", extra=_bloom_extra, layer_norm=True, rope=False, fused_qkv=True,
+    "bloom": GgufArch("bloom", "BLOOM", refuse=_bloom_refuse, layer_norm=True, rope=False, fused_qkv=True,
                       strip="transformer."),
-    "gpt_neox": GgufArch("gptneox", "GPTNEOX", extra=_gpt_neox_extra, layer_norm=True, fused_qkv=True,
-                         reuses_embeddings=False),
+    "gpt_neox": GgufArch("gptneox", "GPTNEOX", extra=_gpt_neox_extra, refuse=_gpt_neox_refuse, layer_norm=True,
+                         fused_qkv=True, reuses_embeddings=False),
 }
 
 
 def gguf_arch(model_type: str | None) -> GgufArch:
     """The `GgufArch` of an HF `model_type`, or a `UsageError` naming it and the supported ones."""
     if model_type not in GGUF_ARCHES:
-        raise UsageError(f"GGUF export supports {', '.join(GGUF_ARCHES)}; not {model_type}")
+        raise UsageError(gguf_refusal(model_type))
     return GGUF_ARCHES[model_type]

@@ -59,8 +59,9 @@ def export_gguf(model: Path, out: Path, *, type: str = "f16", base: Path | None 
                 template: str | None = None, overwrite: bool = False,
                 trust_remote_code: bool = False) -> ExportReport:
     """Write the model folder `model` to the GGUF file `out` with tensors of `type` (one of
-    `GGUF_TYPES`). The file is written as `OUT.tmp` and renamed when complete; an existing `out`
-    is replaced only with `overwrite`. Every user error is a `UsageError`."""
+    `GGUF_TYPES`). The file is written as the hidden `.OUT.PID.tmp` beside it and renamed when
+    complete (a K-quant first writes `.OUT.PID.f32.tmp`); both are removed if the export fails. An
+    existing `out` is replaced only with `overwrite`. Every user error is a `UsageError`."""
     start = time.monotonic()
     model, out = Path(model), Path(out)
     check_type(type)
@@ -75,7 +76,7 @@ def export_gguf(model: Path, out: Path, *, type: str = "f16", base: Path | None 
         raise UsageError(f"{out}: already exists; pass --overwrite to replace it")
     loaded = _load(model, base, template, trust_remote_code)
     architecture = loaded.arch.name
-    temporary = [out.with_name(out.name + ".tmp"), out.with_name(out.name + ".f32.tmp")]
+    temporary = [temporary_path(out), temporary_path(out, ".f32")]
     try:
         if type in K_QUANTS:
             count, _ = _write(loaded, temporary[1], "f32")
@@ -93,6 +94,12 @@ def export_gguf(model: Path, out: Path, *, type: str = "f16", base: Path | None 
                         round(time.monotonic() - start, 2))
 
 
+def temporary_path(out: Path, tag: str = "") -> Path:
+    """Where `out` is written before it is complete: hidden, and named by this process (as
+    `belle.records.writing.atomic_output` names its files), so it never is a user's file."""
+    return out.with_name(f".{out.name}.{os.getpid()}{tag}.tmp")
+
+
 def _load(path: Path, base: Path | None, template: str | None, trust_remote_code: bool) -> _Loaded:
     """Load `path` (and `base`) in float32 on the CPU, merge an adapter, resolve the template."""
     from belle.modeling import (
@@ -108,6 +115,7 @@ def _load(path: Path, base: Path | None, template: str | None, trust_remote_code
         model_dir, adapter = split_adapter(path, base)
         check_model_path(model_dir, what="base model" if adapter else "model")
         arch = gguf_arch(model_type(model_dir))
+        _check_config(model_dir, arch, trust_remote_code)
         tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else model_dir
         tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code)
         try:
@@ -127,6 +135,28 @@ def _load(path: Path, base: Path | None, template: str | None, trust_remote_code
     model.eval()
     return _Loaded(path.resolve().name, model, tokenizer, resolved, arch,
                    json.dumps(generation_config, ensure_ascii=False))
+
+
+def _check_config(model_dir: Path, arch: GgufArch, trust_remote_code: bool) -> None:
+    """Refuse, from config.json alone, what the export would refuse only after loading the weights:
+    a quantized model (GPTQ: its packed `qweight` tensors have no GGUF form here) and variants of
+    the architecture llama.cpp cannot run (`GgufArch.check_config`)."""
+    from transformers import AutoConfig
+
+    from belle.modeling import ModelFolderError
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelFolderError(f"{model_dir}: cannot read config.json: {str(e).strip().splitlines()[0]}") from None
+    quantization = getattr(config, "quantization_config", None)
+    if quantization:
+        if not isinstance(quantization, dict):
+            quantization = quantization.to_dict()
+        method = quantization.get("quant_method", "unknown")
+        raise UsageError(f"{model_dir}: a quantized model (quantization_config in config.json, quant_method {method}); "
+                         "export the float model it was quantized from")
+    arch.check_config(config)
 
 
 def _write(loaded: _Loaded, path: Path, type: str) -> tuple[int, int]:
@@ -150,12 +180,11 @@ def _write(loaded: _Loaded, path: Path, type: str) -> tuple[int, int]:
     writer.add_vocab_size(vocab_size)
     add_vocab(writer, loaded.tokenizer, vocab_size, to_jinja(loaded.template))
     writer.add_string("belle.template", loaded.template.name)
-    eos_ids = sorted(reply_end_ids(model, loaded.tokenizer, loaded.template))
+    eos_ids = sorted(reply_end_ids(loaded.tokenizer, loaded.template, model.generation_config.eos_token_id))
     writer.add_key_value("belle.eos_token_ids", eos_ids, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT32)
     writer.add_string("belle.generation_config", loaded.generation_config)
 
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    output_name = "token_embd.weight" if tied else "output.weight"
+    output_name = arch.output_name(config)
     types = {}
     for name, array in arch.tensors(state, config):
         types[name] = tensor_type(type, name, array.shape, output_name)

@@ -8,12 +8,12 @@ GGUF, so their tensor mix is exactly `llama-quantize`'s.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from belle.cli import UsageError
+from belle.hardware import usable_cpus
 
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
@@ -99,18 +99,14 @@ def encode(array: Any, qtype: Any) -> Any:
     return needs_gguf().quants.quantize(array, qtype)
 
 
-def cpu_threads() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def llama_quantize(source: Path, target: Path, type: str) -> None:
-    """Quantize the f32 GGUF `source` into `target` with llama.cpp's quantizer (`llama-quantize TYPE`)."""
+    """Quantize the f32 GGUF `source` into `target` with llama.cpp's quantizer (`llama-quantize TYPE`);
+    a `UsageError` if it fails."""
     llama_cpp = needs_llama_cpp(type)
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{FILE_TYPES[type]}")
-    params.nthread = cpu_threads()
+    params.nthread = usable_cpus()
     llama_log = logging.getLogger("llama-cpp-python")  # llama.cpp's log, one line per tensor: errors only
     level = llama_log.level
     llama_log.setLevel(logging.ERROR)
@@ -119,7 +115,8 @@ def llama_quantize(source: Path, target: Path, type: str) -> None:
     finally:
         llama_log.setLevel(level)
     if status != 0:
-        raise RuntimeError(f"llama.cpp's quantizer failed on {source} (status {status})")
+        raise UsageError(f"llama.cpp's quantizer could not make {type} from {source} (status {status}; "
+                         "llama.cpp's log above says why)")
 
 
 def k_quant_fallbacks(path: Path) -> int:

@@ -156,7 +156,7 @@ def measure(spec: MeasureSpec) -> dict[str, Any]:
     import torch
 
     from belle.generation import load_engine
-    from belle.llamacpp import is_gguf, weight_repacking
+    from belle.llamacpp import DEFAULT_CONTEXT, is_gguf, weight_repacking
 
     gguf = is_gguf(spec.model)
     if not gguf and torch.cuda.is_available():
@@ -165,7 +165,7 @@ def measure(spec: MeasureSpec) -> dict[str, Any]:
     baseline = _peak_memory_mb(False)
     started = time.perf_counter()
     if gguf:
-        engine = load_engine(spec.model)
+        engine = load_engine(spec.model, context_length=spec.seqlen if spec.seqlen > DEFAULT_CONTEXT else None)  # windows fit
         cuda, device, dtype = False, "cpu", None
         runtime = {"runtime": "llama.cpp", "weight_repacking": weight_repacking()}
     else:

@@ -47,7 +47,7 @@ def write_generation_config(folder: Path, model: Any, tokenizer: Any, template: 
     bos = model.generation_config.bos_token_id
     config = GenerationConfig(
         bos_token_id=bos if bos is not None else tokenizer.bos_token_id,
-        eos_token_id=sorted(reply_end_ids(model, tokenizer, template)),
+        eos_token_id=sorted(reply_end_ids(tokenizer, template, model.generation_config.eos_token_id)),
         pad_token_id=tokenizer.pad_token_id,
     )
     config.save_pretrained(folder)

@@ -514,7 +514,7 @@ def build_trainer(config: TrainConfig, args: Any, model: Any, tokenizer: Any, da
 def set_reply_ends(model: Any, tokenizer: Any, template: Template) -> None:
     """Make generation stop where the template ends a reply (EOS, the generation config's ends, and the
     template's own end-of-turn token): TRL's grpo and rloo stop at the ids in `model.generation_config`."""
-    model.generation_config.eos_token_id = sorted(reply_end_ids(model, tokenizer, template))
+    model.generation_config.eos_token_id = sorted(reply_end_ids(tokenizer, template, model.generation_config.eos_token_id))
 
 
 def save_final(trainer: Any, config: TrainConfig, template: Template, tokenizer: Any, precision: str) -> None:

@@ -1,15 +1,15 @@
-"""A GGUF file through the front ends, as a user runs them: `belle serve`, `belle chat --cli` and
-`belle eval generate` with `--model FILE.gguf`; the replies are those of the transformers engine."""
+"""A GGUF file through the front ends, as a user runs them: `belle serve` (in its own process),
+`belle chat --cli` and `belle eval generate` (in this one) with `--model FILE.gguf`; the replies are
+those of the transformers engine."""
 
-import os
-import subprocess
+import io
 import sys
 from dataclasses import replace
 
 import pytest
 
 from belle.generation import SamplingOptions
-from tests.helpers import REPO, read_jsonl
+from tests.helpers import read_jsonl
 
 HELLO = [{"role": "user", "content": "你好，请介绍一下你自己。"}]
 
@@ -38,22 +38,19 @@ def test_serve_streams_chat_with_stop_and_scores_prompts(tiny_gguf_f32, tiny_eng
 
 
 @pytest.mark.slow
-def test_terminal_chat_answers_as_transformers_does(tiny_gguf_f32, tiny_engine):
-    result = subprocess.run(
-        [sys.executable, "-m", "belle", "chat", "--cli", "--model", str(tiny_gguf_f32), "--temperature", "0", "--max-new-tokens", "12"],
-        input=HELLO[0]["content"] + "\n/exit\n", capture_output=True, text=True, timeout=300, cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"},
-    )
+def test_terminal_chat_answers_as_transformers_does(tiny_gguf_f32, tiny_engine, belle_main, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(HELLO[0]["content"] + "\n/exit\n"))
+    result = belle_main("chat", "--cli", "--model", tiny_gguf_f32, "--temperature", "0", "--max-new-tokens", "12")
     assert result.returncode == 0, result.stderr
     expected = tiny_engine.chat(HELLO, SamplingOptions(temperature=0, max_new_tokens=12).params()).text()
     assert "Assistant: " + expected in result.stdout
 
 
 @pytest.mark.slow
-def test_eval_generate_writes_the_answers(belle_cli, tiny_gguf_f32, tmp_path):
+def test_eval_generate_writes_the_answers(belle_main, tiny_gguf_f32, tmp_path):
     answers = tmp_path / "answers.jsonl"
-    result = belle_cli("eval", "generate", "--model", str(tiny_gguf_f32), "--output", str(answers), "--limit", "3",
-                       "--max-new-tokens", "8")
+    result = belle_main("eval", "generate", "--model", tiny_gguf_f32, "--output", answers, "--limit", "3",
+                        "--max-new-tokens", "8")
     assert result.returncode == 0, result.stderr
     records = read_jsonl(answers)
     assert len(records) == 3 and all(isinstance(r["answer"], str) for r in records)

@@ -11,8 +11,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-N_CTX = 128
-
 
 def prompt_ids(tokenizer, n: int = 20) -> list[int]:
     """The first `n` ids of a mixed Chinese and English text, in the tiny tokenizer's own ids."""
@@ -22,41 +20,18 @@ def prompt_ids(tokenizer, n: int = 20) -> list[int]:
     return ids
 
 
-def load_llama(path: Path):
-    """llama.cpp on `path`, without its extra weight buffers: on CPUs with AMX, llama.cpp 0.3.36
-    repacks q8_0/q4_0 weights for AMX kernels, which die with SIGILL where the kernel does not grant
-    AMX tiles to the process (this test machine); the plain CPU kernels compute the same logits."""
-    from unittest import mock
-
-    import llama_cpp
-    import llama_cpp.llama as module
-
-    default = module.llama_cpp.llama_model_default_params
-
-    def params():
-        chosen = default()
-        chosen.use_extra_bufts = False
-        return chosen
-
-    with mock.patch.object(module.llama_cpp, "llama_model_default_params", params):
-        return llama_cpp.Llama(str(path), logits_all=True, n_ctx=N_CTX, n_threads=2, verbose=False)
+def llama_logits(context, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits at every position of `ids` (`context`: the `llama` fixture's): (len(ids), vocab) float32."""
+    return np.stack([logits for _, logits in context.fresh(ids, lambda index: True)])
 
 
-def llama_logits(llm, ids: list[int]) -> np.ndarray:
-    """llama.cpp's logits at every position of `ids`: (len(ids), vocab) float32."""
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
-
-
-def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+def llama_greedy(context, ids: list[int], n: int) -> list[int]:
     """`n` greedy tokens after `ids`, decoded one at a time by llama.cpp (no stop at EOS)."""
-    llm.reset()
-    llm.eval(ids)
+    logits = context.prefill(ids)
     out = []
     for _ in range(n):
-        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        llm.eval(out[-1:])
+        out.append(int(np.argmax(logits)))
+        logits = context.step(out[-1])
     return out
 
 
@@ -91,14 +66,11 @@ def field(read, key):
     return read.fields[key].contents()
 
 
-def test_metadata_and_tensor_types(exported, tiny_model_dir, tokenizer):
+def test_metadata_and_tensor_types(exported, tiny_model_dir, tiny_engine):
     from gguf import GGMLQuantizationType as T
 
-    from belle.modeling import load_model, reply_end_ids, resolve_template
-
     expected_types = {"f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
-    template = resolve_template(tiny_model_dir, tokenizer)
-    eos = sorted(reply_end_ids(load_model(tiny_model_dir, device="cpu"), tokenizer, template))
+    eos = sorted(tiny_engine.eos_token_ids)  # what the transformers engine stops on
     generation = json.loads((tiny_model_dir / "generation_config.json").read_text())
     for type, qtype in expected_types.items():
         report = exported("llama", type)
@@ -120,17 +92,17 @@ def test_metadata_and_tensor_types(exported, tiny_model_dir, tokenizer):
 
 
 @pytest.mark.parametrize("type", ["q8_0", "q4_0"])
-def test_quantized_files_decode_near_f32(type, exported, tokenizer):
+def test_quantized_files_decode_near_f32(type, exported, tokenizer, llama):
     ids = prompt_ids(tokenizer)
-    reference = llama_logits(load_llama(exported("llama", "f32").out), ids)
-    llm = load_llama(exported("llama", type).out)
+    reference = llama_logits(llama(exported("llama", "f32").out), ids)
+    llm = llama(exported("llama", type).out)
     got = llama_logits(llm, ids)
     error = np.linalg.norm(got - reference) / np.linalg.norm(reference)
     assert error < {"q8_0": 0.03, "q4_0": 0.3}[type]  # about 0.015 and 0.17; an unrelated model is about 1.4
     assert len(llama_greedy(llm, ids, 4)) == 4
 
 
-def test_k_quant_goes_through_llama_cpp(exported, arch_model):
+def test_k_quant_goes_through_llama_cpp(exported, arch_model, llama):
     """Rows of 256 values, so llama.cpp's K-quant super-blocks fit every matrix."""
     from gguf import GGMLQuantizationType as T
 
@@ -146,29 +118,28 @@ def test_k_quant_goes_through_llama_cpp(exported, arch_model):
     assert set(matrices.values()) <= {T.Q4_K, T.Q5_K, T.Q6_K} and T.Q4_K in set(matrices.values())
     assert all(t.tensor_type == T.F32 for t in read.tensors if len(t.shape) == 1)
     ids = prompt_ids(load_tokenizer(arch_model("llama", **sizes)))
-    llm = load_llama(report.out)
+    llm = llama(report.out)
     assert np.isfinite(llama_logits(llm, ids)).all()
     assert len(llama_greedy(llm, ids, 4)) == 4
 
 
-def test_lora_adapter_is_merged(tiny_model_dir, tmp_path, tokenizer):
+def test_lora_adapter_is_merged(tiny_model_dir, tmp_path, tokenizer, llama):
     from peft import LoraConfig, get_peft_model
 
     from belle.export import export_gguf
-    from belle.modeling import load_model, write_checkpoint_info
+    from belle.modeling import write_checkpoint_info
 
-    base = load_model(tiny_model_dir, dtype="float32", device="cpu")
-    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
-                                           init_lora_weights=False))
+    config = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    lora = get_peft_model(load_hf(tiny_model_dir), config).eval()
     adapter = tmp_path / "adapter"
     lora.save_pretrained(adapter)
     write_checkpoint_info(adapter, "belle")
     report = export_gguf(adapter, tmp_path / "merged.gguf", type="f32")
-    assert report.out.is_file() and not (tmp_path / "merged.gguf.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged.gguf"]  # no temporary file left
 
-    merged = load_model(tiny_model_dir, dtype="float32", device="cpu", adapter=adapter).merge_and_unload().eval()
     ids = prompt_ids(tokenizer)
-    expected = hf_logits(merged, ids)
-    assert not np.allclose(expected, hf_logits(load_hf(tiny_model_dir), ids), atol=1e-3)
-    np.testing.assert_allclose(llama_logits(load_llama(report.out), ids), expected, atol=1e-3, rtol=0)
+    expected = hf_logits(lora, ids)  # base plus adapter, unmerged
+    with lora.disable_adapter():
+        assert not np.allclose(expected, hf_logits(lora, ids), atol=1e-3)
+    np.testing.assert_allclose(llama_logits(llama(report.out), ids), expected, atol=2e-3, rtol=0)  # as in test_arches.py
     assert field(reader(report.out), "general.name") == "adapter"

@@ -61,13 +61,37 @@ def test_missing_package(belle_main, fake_model, tmp_path, monkeypatch, package,
     assert needs in line and "pip install 'belle[gguf]'" in line
 
 
+@pytest.mark.slow  # imports transformers (seconds alone)
+def test_a_quantized_folder_is_refused_before_loading(belle_main, tmp_path):
+    folder = tmp_path / "gptq"
+    folder.mkdir()
+    config = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
+    (folder / "config.json").write_text(json.dumps(config))
+    line = error_line(belle_main("export", "gguf", "--model", folder, "--out", tmp_path / "m.gguf"))
+    assert f"{folder}: a quantized model" in line and "quant_method gptq" in line and "float model" in line
+
+
+def test_a_failing_llama_cpp_quantizer_is_one_line(tmp_path):
+    from belle.cli import UsageError
+    from belle.export.quantize import llama_quantize
+
+    source = tmp_path / "broken.gguf"
+    source.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with pytest.raises(UsageError, match=f"could not make q4_k_m from {source}"):
+        llama_quantize(source, tmp_path / "out.gguf", "q4_k_m")
+
+
 @pytest.mark.slow
 def test_export_end_to_end(belle_cli, belle_main, tiny_model_dir, tmp_path):
     out = tmp_path / "tiny.gguf"
+    mine = tmp_path / "tiny.gguf.tmp"  # a user's file with the name a temporary file could have had
+    mine.write_text("mine")
     result = belle_cli("export", "gguf", "--model", tiny_model_dir, "--out", out, "--type", "q8_0")
     assert result.returncode == 0, result.stderr
     assert f"Wrote {out} (q8_0, llama)" in result.stdout
-    assert out.read_bytes()[:4] == b"GGUF" and [p.name for p in tmp_path.iterdir()] == ["tiny.gguf"]
+    assert out.read_bytes()[:4] == b"GGUF"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf", "tiny.gguf.tmp"]  # no temporary file left
+    assert mine.read_text() == "mine"
     again = belle_main("export", "gguf", "--model", tiny_model_dir, "--out", out, "--type", "f16", "--overwrite")
     assert again.returncode == 0, again.stderr
     from gguf import GGUFReader

@@ -73,33 +73,18 @@ def load(path: Path):
     return Llama(str(path), vocab_only=True, verbose=False)
 
 
-def sentencepiece_tokenizer(vocab_size: int):
-    from transformers import PreTrainedTokenizerFast
-
-    from belle.models.tiny import tiny_corpus_documents, train_sentencepiece_tokenizer
-
-    backend = train_sentencepiece_tokenizer(tiny_corpus_documents(), vocab_size)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def bpe_tokenizer(vocab_size: int):
-    from transformers import PreTrainedTokenizerFast
-
-    from belle.models.tiny import TINY_SPECIAL_TOKENS, tiny_corpus_documents, train_bpe_tokenizer
-
-    backend = train_bpe_tokenizer(tiny_corpus_documents(), vocab_size, TINY_SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", extra_special_tokens=TINY_SPECIAL_TOKENS[4:])
-
-
 @pytest.fixture(scope="module")
-def tokenizers(tokenizer):
-    """name -> HF tokenizer: belle's tiny BPE (the session tiny model's), SentencePiece-style, and both extended."""
+def tokenizers(tokenizer, arch_model):
+    """name -> HF tokenizer: belle's tiny BPE (the session tiny model's), the SentencePiece-style one
+    of the tiny LLaMA-SentencePiece model, and smaller ones of both kinds extended."""
+    from transformers import AutoTokenizer
+
+    from belle.models.tiny import _tiny_tokenizer
     from belle.vocab.extend import extend_tokenizer
 
-    sp = sentencepiece_tokenizer(4096)
-    bpe_ext, _ = extend_tokenizer(bpe_tokenizer(600), chinese_lines(), 900)
-    sp_ext, _ = extend_tokenizer(sentencepiece_tokenizer(700), chinese_lines(), 2000)
+    sp = AutoTokenizer.from_pretrained(arch_model("llama", tokenizer_kind="sentencepiece"))
+    bpe_ext, _ = extend_tokenizer(_tiny_tokenizer("bpe", 600, 2048), chinese_lines(), 900)
+    sp_ext, _ = extend_tokenizer(_tiny_tokenizer("sentencepiece", 700, 2048), chinese_lines(), 2000)
     return {"bpe": tokenizer, "sentencepiece": sp, "bpe-extended": bpe_ext, "sentencepiece-extended": sp_ext}
 
 

@@ -47,14 +47,6 @@ def test_eval_compares_the_gptq_model_with_its_reference(tiny_model_dir, tiny_gp
     assert table in capsys.readouterr().out
 
 
-@pytest.fixture(scope="module")
-def tiny_gguf_q4_0(tiny_model_dir, tmp_path_factory):
-    """The tiny model exported to a q4_0 GGUF file (gguf-py's quantizer, a few seconds)."""
-    from belle.export.gguf import export_gguf
-
-    return export_gguf(tiny_model_dir, tmp_path_factory.mktemp("tiny_gguf_q4") / "tiny-q4_0.gguf", type="q4_0").out
-
-
 @pytest.mark.slow
 def test_eval_puts_gguf_exports_beside_their_folder(tiny_model_dir, tiny_gguf_f32, tiny_gguf_q4_0, tmp_path, capsys):
     text = tmp_path / "heldout.txt"
