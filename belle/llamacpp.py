@@ -71,21 +71,28 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-def read_belle_metadata(path: str | Path) -> dict[str, Any]:
-    """The GGUF keys belle reads (its own `belle.*` and the tokenizer's special ids and template),
-    those present only. llama.cpp's metadata API leaves out arrays, so gguf-py reads the header."""
+BELLE_KEYS = ("belle.template", "belle.eos_token_ids", "belle.generation_config", "tokenizer.chat_template",
+              "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
+              "tokenizer.ggml.unknown_token_id")
+"""The GGUF keys the engine reads: belle's own and the tokenizer's special ids and template."""
+
+
+def read_gguf_fields(path: str | Path, keys: Sequence[str] = BELLE_KEYS) -> dict[str, Any]:
+    """The values of `keys` in a GGUF file's header, those present only. llama.cpp's metadata API
+    leaves out arrays, so gguf-py reads the header. A key may name `{arch}` (`{arch}.context_length`):
+    the file's `general.architecture`. Raises `UsageError` without gguf-py, `ValueError` for a file
+    whose header cannot be read."""
     try:
         from gguf import GGUFReader
     except ImportError:
         raise UsageError(f"reading a GGUF file needs gguf: {INSTALL_HINT}") from None
-    wanted = ("belle.template", "belle.eos_token_ids", "belle.generation_config", "tokenizer.chat_template",
-              "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
-              "tokenizer.ggml.unknown_token_id")
     try:
         fields = GGUFReader(path).fields
     except Exception:  # gguf-py raises what numpy and struct raise on a broken header
         raise ValueError(f"{path}: not a readable GGUF file: its header is damaged or cut short") from None
-    return {key: fields[key].contents() for key in wanted if key in fields}
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else ""
+    named = {key: key.replace("{arch}", arch) for key in keys}
+    return {key: fields[name].contents() for key, name in named.items() if name in fields}
 
 
 class LlamaCppTokenizer:
@@ -653,7 +660,7 @@ def load_gguf_engine(path: str | Path, *, name: str | None = None, template: str
         raise FileNotFoundError(f"{path}: no such file")
     if not is_gguf(path):
         raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    metadata = read_belle_metadata(path)
+    metadata = read_gguf_fields(path)
     threads = threads or usable_cpus()
     context = _Context(llama_cpp, path, context_length, threads)
     try:

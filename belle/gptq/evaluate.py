@@ -95,28 +95,20 @@ class GgufInfo:
 
 
 def gguf_info(path: str | Path) -> GgufInfo:
-    """Read `general.file_type`, `general.architecture` and `ARCH.context_length` with gguf-py.
+    """Read `general.file_type`, `general.architecture` and `ARCH.context_length` from the header.
     Raises `UsageError` without the gguf package, `ValueError` for a file it cannot read."""
-    try:
-        import gguf
-    except ImportError:
-        raise UsageError("reading a GGUF file needs the gguf package: pip install 'belle[gguf]'") from None
-    try:
-        fields = gguf.GGUFReader(path).fields
-    except Exception:  # gguf-py raises what numpy and struct raise on a broken header
-        raise ValueError(f"{path}: not a readable GGUF file: its header is damaged or cut short") from None
+    from belle.llamacpp import read_gguf_fields
 
-    def value(key: str) -> Any:
-        return fields[key].contents() if key in fields else None
+    fields = read_gguf_fields(path, ("general.file_type", "general.architecture", "{arch}.context_length"))
+    import gguf  # read_gguf_fields has said how to install it if it is missing
 
-    architecture = str(value("general.architecture") or "")
-    code = value("general.file_type")
+    code = fields.get("general.file_type")
     try:
         name = gguf.LlamaFileType(int(code)).name if code is not None else "unknown"
     except ValueError:
         name = f"file type {code}"
-    context = value(f"{architecture}.context_length")
-    return GgufInfo(name.removeprefix("MOSTLY_").removeprefix("ALL_").lower(), architecture,
+    context = fields.get("{arch}.context_length")
+    return GgufInfo(name.removeprefix("MOSTLY_").removeprefix("ALL_").lower(), str(fields.get("general.architecture") or ""),
                     int(context) if context is not None else None)
 
 
