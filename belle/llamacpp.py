@@ -72,8 +72,7 @@ def _import_llama_cpp() -> Any:
 
 
 BELLE_KEYS = ("belle.template", "belle.eos_token_ids", "belle.generation_config", "tokenizer.chat_template",
-              "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
-              "tokenizer.ggml.unknown_token_id")
+              "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id")
 """The GGUF keys the engine reads: belle's own and the tokenizer's special ids and template."""
 
 
@@ -113,7 +112,6 @@ class LlamaCppTokenizer:
         self.bos_token_id = metadata.get("tokenizer.ggml.bos_token_id")
         self.eos_token_id = metadata.get("tokenizer.ggml.eos_token_id")
         self.pad_token_id = metadata.get("tokenizer.ggml.padding_token_id")
-        self.unk_token_id = metadata.get("tokenizer.ggml.unknown_token_id")
 
     def _text(self, token_id: int | None) -> str | None:
         if token_id is None or not 0 <= token_id < self._size:
@@ -127,14 +125,6 @@ class LlamaCppTokenizer:
     @property
     def eos_token(self) -> str | None:
         return self._text(self.eos_token_id)
-
-    @property
-    def pad_token(self) -> str | None:
-        return self._text(self.pad_token_id)
-
-    @property
-    def unk_token(self) -> str | None:
-        return self._text(self.unk_token_id)
 
     def __len__(self) -> int:
         return self._size
