@@ -1,6 +1,7 @@
 """`belle eval` (also `python -m belle.eval`): answer an eval set with a model (`generate`), have an
 LLM judge score the answers (`score`), report the scores (`report`), or all three (`run`); compare
-two models answer by answer (`pairwise`); score single answers in the browser (`webui`)."""
+two models answer by answer (`pairwise`) or two judges on the same answers (`agree`); score single
+answers in the browser (`webui`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import ClassVar, Sequence
 from tqdm import tqdm
 
 from belle.cli import UsageError, run_verbs
+from belle.eval.agreement import agree
 from belle.eval.answers import EVAL_SAMPLING, AnswerRun, answer_locally, answer_remotely, pending_items, read_answers
+from belle.eval.bench import bench
 from belle.eval.evalset import EvalItem, default_eval_set_path, read_eval_set
-from belle.eval.judging import default_judge_prompts_path, read_judge_prompts
+from belle.eval.judging import JudgeFormat, default_judge_prompts_path, read_judge_prompts
 from belle.eval.pairwise import pairwise
-from belle.eval.report import build_report, write_report
+from belle.eval.report import agree_hints, build_report, write_report
 from belle.eval.scoring import file_sha1, score_answers
 from belle.eval.webui import webui
 from belle.generation import EngineOptions, LoadOptions, SamplingOptions
@@ -76,7 +79,8 @@ def generate(*, options: AnswerOptions, output: Path, eval_set: Path | None = No
 
 
 def score(*, answers: Path, judge: LLMOptions, output: Path, prompts: Path | None = None, samples: int = 1,
-          temperature: float | None = None, max_tokens: int = 1024) -> int:
+          temperature: float | None = None, max_tokens: int | None = None,
+          judge_format: JudgeFormat = "delimited") -> int:
     """Have an LLM judge score every answer of an answers file, one prompt per class.
 
     Appends the judge's verdicts to OUTPUT/judgments.jsonl item by item (a killed run resumes; a
@@ -89,14 +93,18 @@ def score(*, answers: Path, judge: LLMOptions, output: Path, prompts: Path | Non
         prompts: judge prompts, one {"class", "prompt"} per line (BELLE's eval_prompt.json works); default: belle's own.
         samples: ask the judge this many times per answer and average the scores.
         temperature: judge sampling temperature; default 0 for one sample, 0.7 for several.
-        max_tokens: the longest judge reply, in tokens.
+        max_tokens: the longest judge reply, in tokens; default 1024, 3000 with --judge-format belle-page.
+        judge_format: the judge's messages: delimited (ours: the class prompt as system message, the question,
+            reference and answer in marked blocks, a closing score line) or belle-page (BELLE's scoring page's
+            one user message byte for byte, temperature 0, max_tokens 3000: for scores set beside BELLE's tables).
     """
     answered = read_answers(answers)
     prompts_path = prompts or default_judge_prompts_path()
     judge_prompts = read_judge_prompts(prompts_path)
     try:
         result = score_answers(answered, judge_prompts, judge, output, samples=samples, temperature=temperature,
-                               max_tokens=max_tokens, prompts_sha1=file_sha1(prompts_path))
+                               max_tokens=max_tokens, judge_format=judge_format,
+                               prompts_sha1=file_sha1(prompts_path))
     except LLMFatalError as e:
         raise UsageError(resume_message(e, "the judgments so far", output)) from None
     print(f"judged {result.judged} answers now, {result.skipped} had all {samples} sample(s) already"
@@ -109,6 +117,9 @@ def score(*, answers: Path, judge: LLMOptions, output: Path, prompts: Path | Non
     summary = build_report(output, bootstrap=0)
     print(f"Score {_f(summary.score)}, Score_w/o_others {_f(summary.score_wo_others)} over {summary.items} items "
           f"({summary.parse_failures} unscored)")
+    if summary.sample_sd is not None:
+        print(f"judge samples: mean per-item SD {summary.sample_sd:.3f}, {summary.sample_disagree:.1%} of "
+              f"{summary.spread_items} items disagree by more than 0.2")
     return 1 if result.failed else 0
 
 
@@ -117,7 +128,8 @@ def report(run_dirs: list[Path], *, output: Path | None = None, bootstrap: int =
     """Report scored runs: per-class means with bootstrap intervals, Score, Score_w/o_others, parse
     failures, judge tokens and cost; several runs side by side.
 
-    Writes report.json, report.md and report.png (per-class bars) and prints the table.
+    Writes report.json, report.md and report.png (per-class bars) and prints the table. Runs that
+    judged the same answers get a line pointing to `belle eval agree` for their judges' agreement.
 
     Args:
         run_dirs: run folders written by `belle eval score` (each with judgments.jsonl).
@@ -132,7 +144,7 @@ def report(run_dirs: list[Path], *, output: Path | None = None, bootstrap: int =
         raise UsageError(f"--bootstrap must be 0 or more, not {bootstrap}")
     reports = [build_report(run_dir, bootstrap=bootstrap, seed=seed, confidence=confidence) for run_dir in run_dirs]
     out_dir = output or run_dirs[0]
-    write_report(reports, out_dir)
+    write_report(reports, out_dir, agree_hints(run_dirs))
     print((out_dir / "report.md").read_text(encoding="utf-8"))
     print(f"wrote report.json, report.md and report.png to {out_dir}")
     return 0
@@ -140,7 +152,8 @@ def report(run_dirs: list[Path], *, output: Path | None = None, bootstrap: int =
 
 def run(*, options: AnswerOptions, judge: LLMOptions, output: Path, eval_set: Path | None = None,
         limit: int | None = None, prompts: Path | None = None, samples: int = 1,
-        judge_temperature: float | None = None, judge_max_tokens: int = 1024,
+        judge_temperature: float | None = None, judge_max_tokens: int | None = None,
+        judge_format: JudgeFormat = "delimited",
         sampling: SamplingOptions = EVAL_SAMPLING, engine: EngineOptions = EngineOptions(),
         load: LoadOptions = LoadOptions()) -> int:
     """Generate answers, score them and write the report, all in one run folder.
@@ -155,7 +168,8 @@ def run(*, options: AnswerOptions, judge: LLMOptions, output: Path, eval_set: Pa
         prompts: judge prompts file; default: belle's own.
         samples: judge samples per answer, averaged.
         judge_temperature: judge sampling temperature; default 0 for one sample, 0.7 for several.
-        judge_max_tokens: the longest judge reply, in tokens.
+        judge_max_tokens: the longest judge reply, in tokens; default 1024, 3000 with --judge-format belle-page.
+        judge_format: the judge's messages: delimited (ours) or belle-page (BELLE's scoring page's, byte for byte).
     """
     items = _load_items(eval_set, limit)
     answers = output / ANSWERS
@@ -163,7 +177,7 @@ def run(*, options: AnswerOptions, judge: LLMOptions, output: Path, eval_set: Pa
     if answered.skipped:
         print(f"scoring the {len(items) - len(answered.skipped)} answered items; a re-run answers the rest")
     status = score(answers=answers, judge=judge, output=output, prompts=prompts, samples=samples,
-                   temperature=judge_temperature, max_tokens=judge_max_tokens)
+                   temperature=judge_temperature, max_tokens=judge_max_tokens, judge_format=judge_format)
     report([output])
     return 1 if answered.skipped else status
 
@@ -230,7 +244,7 @@ def _f(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-VERBS = [generate, score, report, run, pairwise, webui]
+VERBS = [generate, score, report, run, pairwise, agree, webui, bench]
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m belle.eval") -> int:

@@ -4,8 +4,11 @@ Prompt files use BELLE's `eval_prompt.json` format, one `{"class", "prompt"}` pe
 array). Classes are matched through `class_key`, so BELLE's `open QA` / `closed\\xa0QA` prompts
 serve its `open qa` / `closed qa` items.
 
-Scoring: the judge is asked to reason first and to end with one line `得分: x`, x in 0..1 (see
-`judge_messages`); `parse_score` reads that and the usual variants judges write instead.
+Scoring has two message formats (`JUDGE_FORMATS`, see `judge_messages`): "delimited", ours, asks
+the judge to reason first and to end with one line `得分: x`, x in 0..1; "belle-page" is the one
+user message BELLE's scoring page (eval/template_html/ChatGPT_Score.html.temp) sends, byte for byte,
+so scores can be set beside BELLE's published tables. `parse_score` reads the score from the reply
+of either, and the usual variants judges write instead.
 
 Pairwise: the judge sees two answers and ends with `[[A]]`, `[[B]]` or `[[C]]` (a tie), see
 `pairwise_messages`; `parse_verdict` reads it.
@@ -20,7 +23,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, get_args
 
 from belle.eval.evalset import EvalItem, class_key
 from belle.records import DataError, Rejection, iter_json_records
@@ -51,6 +54,11 @@ EMPTY_ANSWER = "（空回答）"
 
 Verdict = Literal["A", "B", "tie"]
 
+JudgeFormat = Literal["delimited", "belle-page"]
+JUDGE_FORMATS: tuple[str, ...] = get_args(JudgeFormat)
+# The classes BELLE's page asks about without a reference answer, whatever the item holds.
+BELLE_NO_REFERENCE_CLASSES = ("generation", "brainstorming", "rewrite")
+
 
 def default_judge_prompts_path() -> Path:
     """Our own judge prompts, one per class of `CLASSES` plus `translation`, shipped with the package."""
@@ -58,8 +66,9 @@ def default_judge_prompts_path() -> Path:
 
 
 def read_judge_prompts(path: Path) -> dict[str, str]:
-    """`{class_key(class): prompt}` from a prompt file; raise `DataError` listing every bad record
-    as `file:line: field: problem` (a class given twice is one of them)."""
+    """`{class_key(class): prompt}` from a prompt file, each prompt as the file has it (not
+    stripped: BELLE's page sends it verbatim); raise `DataError` listing every bad record as
+    `file:line: field: problem` (a class given twice is one of them)."""
     path = Path(path)
     prompts: dict[str, str] = {}
     first_line: dict[str, int] = {}
@@ -80,7 +89,7 @@ def read_judge_prompts(path: Path) -> dict[str, str]:
         if key in prompts:
             errors.append(f"{where}: class: duplicate {key!r} (first on line {first_line[key]})")
             continue
-        prompts[key], first_line[key] = record["prompt"].strip(), line
+        prompts[key], first_line[key] = record["prompt"], line
     if errors:
         raise DataError(f"{len(errors)} bad judge prompt record(s):\n" + "\n".join(errors))
     if not prompts:
@@ -124,19 +133,25 @@ def question_and_reference(item: EvalItem, no_reference: str) -> str:
             f"【标准答案 开始】\n{reference}\n【标准答案 结束】\n\n")
 
 
-def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str]) -> list[dict[str, str]]:
-    """The judge's chat: a system message (the class's prompt plus `OUTPUT_RULE`) and one user
-    message with the question, the reference answer (or `NO_REFERENCE`) and the model's answer,
-    each between its own begin and end markers so that text inside cannot pass for another part.
+def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str],
+                   format: str = "delimited") -> list[dict[str, str]]:
+    """The judge's chat about `answer` to `item`, with the prompt of the item's class.
 
-    A multi-turn question lists its user turns numbered; the answer is the reply to the last one.
-    Raise `KeyError` naming the class when `prompts` has none for it.
+    "delimited": a system message (the class's prompt plus `OUTPUT_RULE`) and one user message
+    with the question, the reference answer (or `NO_REFERENCE`) and the model's answer, each
+    between its own begin and end markers so that text inside cannot pass for another part. A
+    multi-turn question lists its user turns numbered; the answer is the reply to the last one.
+    "belle-page": the one user message of `belle_page_message`.
+
+    Raise `KeyError` naming the class when `prompts` has none for it, `ValueError` for an unknown
+    format.
     """
-    by_key = {class_key(k): v for k, v in prompts.items()}
-    key = class_key(item.klass)
-    if key not in by_key:
-        raise KeyError(f"no judge prompt for class {item.klass!r} (prompts have: {', '.join(sorted(by_key))})")
-    system = f"{by_key[key].strip()}\n\n{OUTPUT_RULE}"
+    if format not in JUDGE_FORMATS:
+        raise ValueError(f"unknown judge format {format!r}; choose from {', '.join(JUDGE_FORMATS)}")
+    prompt = prompt_for(item, prompts)
+    if format == "belle-page":
+        return [{"role": "user", "content": belle_page_message(item, answer, prompt)}]
+    system = f"{prompt.strip()}\n\n{OUTPUT_RULE}"
 
     answer_note = "" if len(item.turns) == 1 else f"（以下是模型对第{len(item.turns)}轮的回答，请结合前面各轮的要求评判）\n"
     user = (
@@ -145,6 +160,35 @@ def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str]) -> list
         "请按照评分标准评判上面的模型回答：先写简短理由，最后一行写“得分: x”（x 在 0 到 1 之间）。"
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def prompt_for(item: EvalItem, prompts: dict[str, str]) -> str:
+    """The prompt of `item`'s class, matched through `class_key`; `KeyError` naming the class."""
+    by_key = {class_key(k): v for k, v in prompts.items()}
+    key = class_key(item.klass)
+    if key not in by_key:
+        raise KeyError(f"no judge prompt for class {item.klass!r} (prompts have: {', '.join(sorted(by_key))})")
+    return by_key[key]
+
+
+def belle_page_message(item: EvalItem, answer: str, prompt: str) -> str:
+    """The text BELLE's scoring page sends its judge, as one user message (temperature 0,
+    max_tokens 3000), built from `prompt`, the item and `answer` exactly as its JavaScript does.
+
+    For generation, brainstorming and rewrite (by class, even when the item has a reference):
+    `{prompt} {question}  模型回答： '{answer}'。请针对模型回答给出得分，顺便给出理由：`; for every
+    other class `{prompt} {question} 标准回答:{std_answer}  模型回答：' {answer}'。请针对模型回答给出得分，顺便给出理由：`
+    (an item without a reference gets an empty `标准回答:`). Nothing is stripped. The page reads
+    the answer from an `<input type="text">`, which holds no line breaks; a multi-line `answer`
+    is sent as it is.
+
+    A multi-turn item (a belle extension; BELLE's set has none) puts `question_for_judge`'s text
+    (the numbered user turns) where the question goes; `answer` is the reply to the last turn.
+    """
+    question = item.turns[0] if len(item.turns) == 1 else question_for_judge(item)
+    if class_key(item.klass) in BELLE_NO_REFERENCE_CLASSES:
+        return f"{prompt} {question}  模型回答： '{answer}'。请针对模型回答给出得分，顺便给出理由："
+    return f"{prompt} {question} 标准回答:{item.std_answer}  模型回答：' {answer}'。请针对模型回答给出得分，顺便给出理由："
 
 
 def pairwise_messages(item: EvalItem, first: str, second: str) -> list[dict[str, str]]:
@@ -195,7 +239,7 @@ _BARE = re.compile(rf"[\[(]{{0,2}}\s*{_AMOUNT}\s*[\])]{{0,2}}[。.!！]?")
 _REASON_LABEL = re.compile(r"^\s*(?:理由|原因|评语|解释|reason|explanation)\s*[:：]\s*", re.IGNORECASE)
 
 
-def parse_score(reply: str) -> ParsedScore:
+def parse_score(reply: str, *, first: bool = False) -> ParsedScore:
     """Read the judge's score from its reply, normalised to 0..1; None when there is none.
 
     The text is NFKC-normalised first (full-width digits, colons and brackets become ASCII) and
@@ -205,8 +249,11 @@ def parse_score(reply: str) -> ParsedScore:
        an optional note in brackets, a separator (`:`, `=`, `为`, `是`, `is`, whitespace), an
        amount; or a verb form, `给 0.8 分`, `打8分`, `得0.8分`. When there are several, the LAST
        one in the reply decides (the judge is asked to end with its score, and its reasoning may
-       quote numbers before it); if that one is out of range the result is None and no earlier
-       one is tried, since guessing which the judge meant is worse than counting a failure.
+       quote numbers before it); with `first`, the FIRST labelled one, verb forms only when
+       there is none (BELLE's page asks for the score, then the reason, whose "不能给1分" may
+       come before or after "得分: 0.6"). If the deciding one is out of
+       range the result is None and no other is tried, since guessing which the judge meant is
+       worse than counting a failure.
     2. otherwise the last non-empty line, if it is nothing but an amount (`0.8`, `8/10`, `80%`).
 
     An amount becomes a fraction: `x/d` or `x out of d` -> x/d when 0 <= x <= d (d > 0); `x%` ->
@@ -218,9 +265,12 @@ def parse_score(reply: str) -> ParsedScore:
     text = unicodedata.normalize("NFKC", reply)
     text = re.sub(r"[*`#]+", "", text)
 
-    found = [*_LABELLED.finditer(text), *_VERB.finditer(text)]
+    if first:  # a verb form quoted in the reason ("不能给1分") must not win over the labelled score
+        found = list(_LABELLED.finditer(text)) or list(_VERB.finditer(text))
+    else:
+        found = [*_LABELLED.finditer(text), *_VERB.finditer(text)]
     if found:
-        m = max(found, key=lambda m: m.start())
+        m = (min if first else max)(found, key=lambda m: m.start())
         return _parsed(reply, text, m)
 
     lines = [lm for lm in re.finditer(r"[^\n]+", text) if lm.group().strip()]

@@ -18,12 +18,20 @@ OUTPUT/pairwise.jsonl gets one line per judged item as soon as both its replies 
 killed run resumes where it stopped and a finished one makes no call again:
 
     {"id", "class", "verdict_ab", "verdict_ba", "result", "raw_ab", "raw_ba",
-     "prompt_tokens", "completion_tokens", "cached"}
+     "len_a", "len_b", "prompt_tokens", "completion_tokens", "cached"}
 
 `verdict_ab` / `verdict_ba` are the models the two orders picked ("A", "B", "tie", or null when
 the reply had no verdict), already mapped back from positions; `raw_*` are the judge's replies;
 tokens are those of the item's calls made by the run that judged it (a reply from the LLM cache
-counts 0: it cost nothing this time); `cached` is how many of its two replies came from the cache.
+counts 0: it cost nothing this time); `cached` is how many of its two replies came from the cache;
+`len_a` / `len_b` are the answers' lengths in characters after strip (files written before they
+existed lack them: those items are left out of the length figures and counted, never given the
+lengths of the answers files as they are now, which may have changed since they were judged).
+
+Length bias (judges favour longer answers; alpaca_eval's length-controlled win rate is built on
+it), from the combined results: among decisive items (won by A or B) whose answers differ in
+length, the share won by the longer one (50% is no length bias; equal lengths are counted apart),
+and A's win rate in LENGTH_BINS of len_a - len_b.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from belle.cli import UsageError
 from belle.eval.answers import Answered, read_answers
 from belle.eval.evalset import EvalItem
 from belle.eval.judging import Verdict, pairwise_messages, parse_verdict
-from belle.eval.report import class_order, save_figure_atomic
+from belle.eval.report import class_order, only_in_lines, save_figure_atomic
 from belle.eval.scoring import ask_judge
 from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, cost_usd, fan_out, resume_message
 from belle.records import DataError, jsonl, write_text_atomic
@@ -55,7 +63,14 @@ JUDGMENTS = "pairwise.jsonl"
 RESULTS = "pairwise.json"
 SUMMARY = "pairwise.md"
 PLOT = "pairwise.png"
-MAX_LISTED_IDS = 10  # ids in only one file: this many are printed, all are in pairwise.json
+# A's win rate by len_a - len_b in characters: (label, low, high), low <= difference < high
+LENGTH_BINS = (
+    ("A much shorter (< -200)", -math.inf, -200),
+    ("A shorter (-200..-31)", -200, -30),
+    ("about equal (-30..30)", -30, 31),
+    ("A longer (31..200)", 31, 201),
+    ("A much longer (> 200)", 201, math.inf),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +144,34 @@ def tally(records: Iterable[dict[str, Any]]) -> tuple[dict[str, PairwiseCounts],
     return {k: by_class[k] for k in class_order(by_class)}, overall
 
 
+def length_figures(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Length-bias figures of pairwise records (see the module docstring): longer_won of
+    decisive_unequal decisive items with answers of different lengths (longer_share their ratio,
+    None when 0), decisive_equal (same length, left out), without_lengths (records with no len_a /
+    len_b, left out of everything), and per LENGTH_BINS bin its counts and win rates."""
+    bins = [PairwiseCounts() for _ in LENGTH_BINS]
+    longer_won = unequal = equal = missing = 0
+    for record in records:
+        if not isinstance(record.get("len_a"), int) or not isinstance(record.get("len_b"), int):
+            missing += 1
+            continue
+        difference = record["len_a"] - record["len_b"]
+        next(b for b, (_, low, high) in zip(bins, LENGTH_BINS) if low <= difference < high).add(record["result"])
+        if record["result"] in ("A", "B"):
+            if difference == 0:
+                equal += 1
+            else:
+                unequal += 1
+                longer_won += (record["result"] == "A") == (difference > 0)
+    return {
+        "longer_won": longer_won, "decisive_unequal": unequal,
+        "longer_share": longer_won / unequal if unequal else None,
+        "decisive_equal": equal, "without_lengths": missing,
+        "bins": [{"label": label, "low": None if math.isinf(low) else low, "high": None if math.isinf(high) else high,
+                  **counts.to_dict()} for (label, low, high), counts in zip(LENGTH_BINS, bins)],
+    }
+
+
 def position_counts(records: Iterable[dict[str, Any]]) -> tuple[int, int]:
     """(verdicts that picked the answer shown first, verdicts that picked one of the two) over both
     orders of every record: a judge without position bias picks the first about half the time."""
@@ -200,8 +243,10 @@ def pairwise(
         except LLMFatalError as e:
             raise UsageError("the judge cannot be used: " + resume_message(e, f"{len(done)} items", path)) from None
 
-    wanted = {item.id for item, _, _ in pairs}
-    records = [r for r in done.values() if r["id"] in wanted]
+    judged = {item.id for item, _, _ in pairs}
+    # records without len_a / len_b (written before lengths were stored) stay without: the answers
+    # files may have changed since, so their lengths would be guesses
+    records = [r for r in done.values() if r["id"] in judged]
     results = pairwise_results(records, names=names, files=(answers_a, answers_b), judge=judge,
                                only_a=only_a, only_b=only_b, unjudged=sum(failures.values()))
     write_results(results, Path(output))
@@ -320,6 +365,7 @@ async def judge_pair(client: LLMClient, item: EvalItem, answer_a: str, answer_b:
     return {
         "id": item.id, "class": item.klass, "verdict_ab": pick_ab, "verdict_ba": pick_ba,
         "result": combine(pick_ab, pick_ba), "raw_ab": ab.text, "raw_ba": ba.text,
+        "len_a": len(answer_a.strip()), "len_b": len(answer_b.strip()),
         "prompt_tokens": sum(r.prompt_tokens for r in made),
         "completion_tokens": sum(r.completion_tokens for r in made),
         "cached": 2 - len(made),
@@ -345,6 +391,7 @@ def pairwise_results(records: list[dict[str, Any]], *, names: tuple[str, str], f
         "classes": {k: c.to_dict() for k, c in by_class.items()},
         "overall": overall.to_dict(),
         "position": {"picked_first_shown": first, "decisive_verdicts": decisive},
+        "length": length_figures(records),
         "unjudged": unjudged,
         "only_a": only_a, "only_b": only_b,
         "judge_tokens": {"prompt": prompt_tokens, "completion": completion_tokens},
@@ -398,12 +445,33 @@ def pairwise_markdown(results: dict[str, Any]) -> str:
         + (f" ({first / decisive:.1%}; 50% is no position bias)" if decisive else ""),
         f"- answered by one file only: {len(results['only_a'])} in A, {len(results['only_b'])} in B (not judged)",
     ]
+    if "length" in results:
+        lines[-1:-1] = [length_line(results["length"])]
     if results["unjudged"]:
         lines.append(f"- not judged yet (judge calls failed): {results['unjudged']}; a re-run retries them")
     lines.append(f"- judge tokens (calls made): {tokens['prompt']:,} prompt + {tokens['completion']:,} completion"
                  f"; {results['cached_replies']} replies from the cache"
                  + ("" if results["cost_usd"] is None else f"; cost ${results['cost_usd']:,.4f}"))
+    if "length" in results:
+        lines += ["", "A's win rate by answer length difference (characters after strip, A - B):", "",
+                  row(["length difference", "items", "A wins", "B wins", "ties", "inconsistent", "failed",
+                       "A win rate"]), "|---" * 8 + "|"]
+        lines += [row([b["label"], b["n"], b["wins_a"], b["wins_b"], b["ties"], b["inconsistent"], b["failed"],
+                       _rate(b["win_rate_a"])]) for b in results["length"]["bins"]]
     return "\n".join(lines) + "\n"
+
+
+def length_line(length: dict[str, Any]) -> str:
+    """One line on length bias: how often the longer answer won."""
+    text = (f"- length: the longer answer won {length['longer_won']} of {length['decisive_unequal']} decisive items "
+            "with answers of different length")
+    if length["longer_share"] is not None:
+        text += f" ({length['longer_share']:.1%}; 50% is no length bias)"
+    if length["decisive_equal"]:
+        text += f"; {length['decisive_equal']} decisive items had equal lengths"
+    if length["without_lengths"]:
+        text += f"; {length['without_lengths']} items with no length recorded left out"
+    return text
 
 
 def plot_results(results: dict[str, Any], path: Path) -> None:
@@ -420,10 +488,15 @@ def plot_results(results: dict[str, Any], path: Path) -> None:
         rated = c["n"] - c["failed"]
         parts = (c["wins_a"], c["ties"] + c["inconsistent"], c["wins_b"])
         shares.append([x / rated if rated else math.nan for x in parts])
-    # inches: a third per bar, within a readable page
-    fig = Figure(figsize=(8.0, min(12.0, 1.6 + 0.35 * len(rows))), layout="constrained")
+    length = results.get("length")
+    # inches: a third per bar, within a readable page; the length panel below takes 2.6
+    fig = Figure(figsize=(8.0, min(12.0, 1.6 + 0.35 * len(rows)) + (2.6 if length else 0.0)), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    if length:
+        ax, length_ax = fig.subplots(2, 1, height_ratios=[min(12.0, 1.6 + 0.35 * len(rows)), 2.6])
+        _plot_length(length, length_ax)
+    else:
+        ax = fig.add_subplot()
     y = list(range(len(rows)))[::-1]  # classes top down, "all" at the bottom
     left = [0.0] * len(rows)
     segments = (f"A wins: {results['model_a']}", "tie or inconsistent", f"B wins: {results['model_b']}")
@@ -441,6 +514,20 @@ def plot_results(results: dict[str, Any], path: Path) -> None:
     save_figure_atomic(fig, path)
 
 
+def _plot_length(length: dict[str, Any], ax: Any) -> None:
+    """A's win rate per length-difference bin, a bar each labelled with its rated items."""
+    bins = length["bins"]
+    rates = [math.nan if b["win_rate_a"] is None else b["win_rate_a"] for b in bins]
+    bars = ax.bar(range(len(bins)), rates, color="#4C72B0")
+    ax.bar_label(bars, labels=[f"n={b['n'] - b['failed']}" for b in bins], fontsize=8)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xticks(range(len(bins)), [b["label"].replace(" (", "\n(") for b in bins], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("A win rate")
+    share = "" if length["longer_share"] is None else f"; longer answer won {length['longer_share']:.0%}"
+    ax.set_title(f"Win rate of A by answer length difference (characters){share}", fontsize=10)
+
+
 def summary_text(results: dict[str, Any], out_dir: Path) -> str:
     """The few lines printed at the end of a run."""
     c = results["overall"]
@@ -450,11 +537,8 @@ def summary_text(results: dict[str, Any], out_dir: Path) -> str:
         f"failed {c['failed']}",
         f"  win rate A {_rate(c['win_rate_a'])}, B {_rate(c['win_rate_b'])} (ties and inconsistent count half)",
     ]
-    for side in ("a", "b"):
-        ids = results[f"only_{side}"]
-        if ids:
-            shown = ", ".join(ids[:MAX_LISTED_IDS]) + (f", ... ({len(ids) - MAX_LISTED_IDS} more)"
-                                                        if len(ids) > MAX_LISTED_IDS else "")
-            lines.append(f"  only in {side.upper()} ({len(ids)}, not judged): {shown}")
+    if "length" in results:
+        lines.append("  " + length_line(results["length"])[2:])
+    lines += ["  " + line for line in only_in_lines(results["only_a"], results["only_b"], "not judged")]
     lines.append(f"  results: {out_dir / RESULTS}, {out_dir / SUMMARY}, {out_dir / PLOT}")
     return "\n".join(lines)

@@ -17,8 +17,19 @@ How the figures are made:
   items (resampling items, not samples, since items are what was drawn from the task space).
 - `Score` is the macro average of the class means, every class weighted alike however many items
   it has; `Score_w/o_others` leaves out math and code, BELLE's headline figure.
+- Sample spread (runs scored with `--samples K`, K >= 2): an item's spread is the sample standard
+  deviation (ddof=1, the estimate of the judge's own per-item noise, so runs with different K
+  compare) of its parsed samples; `sample_sd` is the mean of it over the items with at least two
+  parsed samples, `sample_disagree` the share of those items whose samples differ by more than
+  DISAGREE (max - min > 0.2, strictly: a 0.7 and a 0.9 are not a disagreement; a float tolerance
+  keeps 0.9 - 0.7 = 0.20000000000000007 out). Items with fewer than two parsed samples are left
+  out and counted (`spread_left_out`). Per class over its items, overall over all items (not a
+  macro average: this is a property of the judge, not a class-weighted score).
 - Tokens and cost count the judge calls actually made (`cached` false), the convention of
   `belle.llm.Usage`: a reply served from the cache cost nothing this time.
+- Several runs: judge formats are compared over the runs with judgments only (a benchmarks-only
+  run has none); runs that judged the same answers (equal `answer_sha1` on every common item) get
+  a line pointing to `belle eval agree` (`agree_hints`), which correlates their judges.
 
 Reading for a report never writes: a torn last line (no newline after it: the scorer was killed
 mid-write) is skipped and the file left alone, since a scorer may still be appending to it
@@ -27,17 +38,21 @@ mid-write) is skipped and the file left alone, since a scorer may still be appen
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import shlex
+import statistics
 import zlib
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from belle.eval.bench import bench_rows, read_bench
 from belle.eval.evalset import CLASSES, OTHERS
 from belle.llm import cost_usd
 from belle.records import DataError, atomic_output, jsonl, write_text_atomic
@@ -45,7 +60,10 @@ from belle.records import DataError, atomic_output, jsonl, write_text_atomic
 logger = logging.getLogger(__name__)
 
 JUDGMENTS = "judgments.jsonl"
+DISAGREE = 0.2  # samples of one item whose max - min exceeds this disagree
+_EPS = 1e-9
 RUN_INFO = "run.json"
+MAX_LISTED_IDS = 10  # ids found on one side only (pairwise, agree): this many are printed, all are in the JSON
 
 
 @dataclass
@@ -65,6 +83,22 @@ class ClassResult:
     ci_high: float | None
     parse_failures: int
     failed_samples: int = 0
+    sample_sd: float | None = None
+    sample_disagree: float | None = None
+    spread_items: int = 0
+    spread_left_out: int = 0
+
+
+@dataclass
+class Spread:
+    """Sample spread of a group of items (see the module docstring): sd: mean per-item sample SD
+    (ddof=1) of the parsed samples, None when no item has two; disagree: share of those items whose
+    samples span more than DISAGREE; items: items with >= 2 parsed samples; left_out: the others."""
+
+    sd: float | None
+    disagree: float | None
+    items: int
+    left_out: int
 
 
 @dataclass
@@ -91,6 +125,15 @@ class RunReport:
     confidence: float = 0.95
     model: str | None = None
     judge: str | None = None
+    samples_per_item: int = 1
+    sample_sd: float | None = None
+    sample_disagree: float | None = None
+    spread_items: int = 0
+    spread_left_out: int = 0
+    judge_format: str | None = "delimited"
+    """The judge's message format (`belle.eval.judging.JUDGE_FORMATS`); None for a run without judgments."""
+    benchmarks: dict[str, float] = field(default_factory=dict)
+    """lm-eval figures from the run's bench.json (`belle eval bench`): "TASK METRIC" -> value."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +244,30 @@ def item_scores(judgments: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, 
             for item, scores in parsed.items()}
 
 
+def item_samples(judgments: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """id -> its parsed sample scores in file order (empty when none parsed)."""
+    parsed: dict[str, list[float]] = {}
+    for record in judgments:
+        scores = parsed.setdefault(record["id"], [])
+        if record["score"] is not None:
+            scores.append(float(record["score"]))
+    return parsed
+
+
+def sample_spread(samples: Iterable[list[float]]) -> Spread:
+    """The `Spread` of items given as lists of their parsed sample scores."""
+    sds, disagree, left_out = [], 0, 0
+    for scores in samples:
+        if len(scores) < 2:
+            left_out += 1
+            continue
+        sds.append(statistics.stdev(scores))  # exact sums: equal samples give exactly 0
+        disagree += max(scores) - min(scores) > DISAGREE + _EPS
+    if not sds:
+        return Spread(None, None, 0, left_out)
+    return Spread(math.fsum(sds) / len(sds), disagree / len(sds), len(sds), left_out)
+
+
 def bootstrap_ci(values: list[float], *, resamples: int, seed: int, confidence: float) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean of `values`: `resamples` draws of len(values) with
     replacement; the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of their means.
@@ -240,9 +307,11 @@ def build_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, confide
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder")
-    judgments = read_judgments(run_dir / JUDGMENTS)
+    bench = read_bench(run_dir)  # a folder with bench.json alone reports its benchmarks only
+    judgments = read_judgments(run_dir / JUDGMENTS) if bench is None or (run_dir / JUDGMENTS).is_file() else []
     info = read_run_info(run_dir)
     scores = item_scores(judgments)
+    samples = item_samples(judgments)
 
     per_class: dict[str, list[float]] = {}
     unscored: dict[str, int] = {}
@@ -259,10 +328,17 @@ def build_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, confide
     for klass in class_order(per_class):
         values = per_class[klass]
         ci = bootstrap_ci(values, resamples=bootstrap, seed=_class_seed(seed, klass), confidence=confidence)
+        spread = sample_spread(samples[item] for item, (k, _, _) in scores.items() if k == klass)
         classes[klass] = ClassResult(
             klass=klass, n=len(values), mean=math.fsum(values) / len(values) if values else None,
             ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
-            parse_failures=unscored.get(klass, 0), failed_samples=failed[klass])
+            parse_failures=unscored.get(klass, 0), failed_samples=failed[klass],
+            sample_sd=spread.sd, sample_disagree=spread.disagree, spread_items=spread.items,
+            spread_left_out=spread.left_out)
+    overall = sample_spread(samples.values())
+    per_item: dict[str, int] = {}
+    for record in judgments:
+        per_item[record["id"]] = per_item.get(record["id"], 0) + 1
 
     made = [r for r in judgments if not r["cached"]]
     prompt_tokens = sum(r["prompt_tokens"] for r in made)
@@ -282,8 +358,15 @@ def build_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, confide
         samples=len(judgments),
         cached=len(judgments) - len(made),
         confidence=confidence,
-        model=_str_or_none(info.get("model")),
+        model=_str_or_none(info.get("model") or (bench or {}).get("model")),
         judge=_str_or_none(info.get("judge")),
+        samples_per_item=max(per_item.values(), default=1),
+        sample_sd=overall.sd,
+        sample_disagree=overall.disagree,
+        spread_items=overall.items,
+        spread_left_out=overall.left_out,
+        judge_format=str(info.get("judge_format") or "delimited") if judgments else None,
+        benchmarks=bench_rows(bench) if bench else {},
     )
 
 
@@ -300,16 +383,17 @@ def _str_or_none(value: Any) -> str | None:
 # Writing
 
 
-def write_report(reports: list[RunReport], out_dir: Path) -> None:
+def write_report(reports: list[RunReport], out_dir: Path, notes: Sequence[str] = ()) -> None:
     """Write report.json (every figure of every run), report.md (one table, classes as rows and
-    runs as columns) and report.png (per-class bars, one per run, with interval error bars)."""
+    runs as columns, then `notes`, a line each) and report.png (per-class bars, one per run, with
+    interval error bars)."""
     if not reports:
         raise ValueError("write_report needs at least one run")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"runs": [asdict(report) for report in reports]}
     write_text_atomic(out_dir / "report.json", json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
-    write_text_atomic(out_dir / "report.md", report_markdown(reports))
+    write_text_atomic(out_dir / "report.md", report_markdown(reports, notes))
     _plot(reports, out_dir / "report.png")
 
 
@@ -331,22 +415,30 @@ def _cell(result: ClassResult | None) -> str:
     return text
 
 
-def report_markdown(reports: list[RunReport]) -> str:
-    """The markdown table of `reports`: a row per class (mean [CI] (n)), then the summary rows."""
+def report_markdown(reports: list[RunReport], notes: Sequence[str] = ()) -> str:
+    """The markdown table of `reports`: a row per class (mean [CI] (n)), then the summary rows,
+    then `notes` (e.g. `agree_hints`), a line each."""
     levels = sorted({round(r.confidence * 100, 6) for r in reports})
     level = "/".join(f"{x:g}%" for x in levels)
 
     def row(label: str, cells: Iterable[str]) -> str:
         return "| " + " | ".join([label, *(c.replace("|", "\\|") for c in cells)]) + " |"
 
-    lines = ["# Eval report", "",
+    formats = judge_formats(reports)
+    mixed = ([f"Not comparable: these runs were judged with different judge message formats "
+              f"({', '.join(formats)}), so their scores cannot be set side by side.", ""]
+             if len(formats) > 1 else [])
+    lines = ["# Eval report", "", *mixed,
              f"Class cells: mean judge score (0..1) [{level} bootstrap interval over items] (items scored). "
              f"Score: macro average over classes; Score_w/o_others: without {' and '.join(OTHERS)}.", "",
+             *(_SPREAD_NOTE if any(r.samples_per_item >= 2 for r in reports) else []),
              row("class", (r.name for r in reports)), "|" + "---|" * (len(reports) + 1)]
     if any(r.model for r in reports):
         lines.append(row("model", (r.model or "—" for r in reports)))
     if any(r.judge for r in reports):
         lines.append(row("judge", (r.judge or "—" for r in reports)))
+    if formats and formats != ["delimited"]:
+        lines.append(row("judge format", (r.judge_format or "—" for r in reports)))
     for klass in class_order(k for r in reports for k in r.classes):
         lines.append(row(klass, (_cell(r.classes.get(klass)) for r in reports)))
     lines += [
@@ -359,7 +451,76 @@ def report_markdown(reports: list[RunReport]) -> str:
         row("cached samples", (str(r.cached) for r in reports)),
         row("cost (USD)", ("—" if r.cost_usd is None else f"${r.cost_usd:,.4f}" for r in reports)),
     ]
+    if all(r.samples == 0 for r in reports) and any(r.benchmarks for r in reports):
+        lines = ["# Eval report", "", row("benchmark", (r.name for r in reports)), "|" + "---|" * (len(reports) + 1),
+                 *([row("model", (r.model or "—" for r in reports))] if any(r.model for r in reports) else [])]
+    for label in dict.fromkeys(label for r in reports for label in r.benchmarks):
+        lines.append(row(label, (_f(r.benchmarks.get(label)) for r in reports)))
+    if any(r.samples_per_item >= 2 for r in reports):
+        lines += [
+            row("judge samples per item", (str(r.samples_per_item) for r in reports)),
+            row("sample SD (mean per item)", (_spread_cell(r.sample_sd, r) for r in reports)),
+            row(f"samples disagree (max - min > {DISAGREE:g})", (_share(r.sample_disagree) for r in reports)),
+        ]
+        for klass in class_order(k for r in reports for k in r.classes):
+            lines.append(row(f"sample SD: {klass}", (_class_spread(r.classes.get(klass)) for r in reports)))
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def judge_formats(reports: Iterable[RunReport]) -> list[str]:
+    """The judge formats of the runs that have judgments, sorted, each once."""
+    return sorted({r.judge_format for r in reports if r.judge_format is not None})
+
+
+def answer_hashes(run_dir: Path) -> dict[str, str]:
+    """id -> the `answer_sha1` of the answer its judgments saw, for the items whose judgments carry
+    one (judgments written before the hash was stored have none); {} for a run without judgments."""
+    path = Path(run_dir) / JUDGMENTS
+    if not path.is_file():
+        return {}
+    return {r["id"]: r["answer_sha1"] for r in read_judgments(path) if isinstance(r.get("answer_sha1"), str)}
+
+
+def agree_hints(run_dirs: Sequence[Path]) -> list[str]:
+    """A line for each pair of runs that judged the same answers (items in common whose answer
+    hashes are equal in both, none differing), pointing to `belle eval agree` for how far their
+    judges agree. Items without a hash in either run are not compared; a pair none of whose common
+    items can be compared gets no line."""
+    hashes = [answer_hashes(run_dir) for run_dir in run_dirs]
+    lines = []
+    for i, j in itertools.combinations(range(len(run_dirs)), 2):
+        common = hashes[i].keys() & hashes[j].keys()
+        if common and all(hashes[i][item] == hashes[j][item] for item in common):
+            a, b = (Path(run_dirs[k]) for k in (i, j))
+            lines.append(f"{a.resolve().name} and {b.resolve().name} judged the same answers (common items: {len(common)}): "
+                         f"`belle eval agree {shlex.quote(str(a))} {shlex.quote(str(b))}` shows how far their "
+                         "judges agree (rank correlation and mean difference per class).")
+    return lines
+
+
+_SPREAD_NOTE = [
+    "Sample SD: the standard deviation (ddof=1) of an item's parsed judge samples, averaged over the items "
+    "with two or more (left out: items with fewer); samples disagree: the share of those items whose samples "
+    f"span more than {DISAGREE:g}. A judge that moves by 0.1 or more rereading the same answer, or disagrees "
+    "on a fifth of the items, adds noise the size of most gaps between models.", ""]
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _spread_cell(sd: float | None, r: RunReport) -> str:
+    if sd is None:
+        return "—"
+    return f"{sd:.3f} (n={r.spread_items}" + (f", {r.spread_left_out} left out)" if r.spread_left_out else ")")
+
+
+def _class_spread(result: ClassResult | None) -> str:
+    if result is None or result.sample_sd is None:
+        return "—"
+    return f"{result.sample_sd:.3f}, {_share(result.sample_disagree)} disagree (n={result.spread_items})"
 
 
 def _plot(reports: list[RunReport], path: Path) -> None:
@@ -375,6 +536,7 @@ def _plot(reports: list[RunReport], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     x = np.arange(len(classes))
+    label_of = plot_labels(reports)
     for i, report in enumerate(reports):
         results = [report.classes.get(k) for k in classes]
         means = np.array([np.nan if r is None or r.mean is None else r.mean for r in results])
@@ -384,7 +546,7 @@ def _plot(reports: list[RunReport], path: Path) -> None:
         # clipped at 0: equal scores make a zero-width interval, and the mean of three 0.8s is
         # 0.8000000000000002, a hair above it, which matplotlib refuses as a negative error bar
         low, high = np.clip(low, 0, None), np.clip(high, 0, None)
-        label = f"{report.name} (Score_w/o_others {_f(report.score_wo_others)})"
+        label = label_of[i]
         ax.bar(x + (i - (len(reports) - 1) / 2) * width, means, width, label=label,
                yerr=np.vstack([low, high]), capsize=2)
     ax.set_xticks(x, classes, rotation=30, ha="right")
@@ -395,6 +557,25 @@ def _plot(reports: list[RunReport], path: Path) -> None:
     ax.set_title("Judge score per class" + (f" ({level} bootstrap intervals)" if has_ci else ""))
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(len(reports), 2))
     save_figure_atomic(fig, path)
+
+
+def plot_labels(reports: list[RunReport]) -> list[str]:
+    """The chart's legend label of each run: its name and Score_w/o_others, and its judge format
+    when the judged runs do not all share one."""
+    show_format = len(judge_formats(reports)) > 1
+    return [f"{r.name}" + (f" [{r.judge_format or 'no judge'}]" if show_format else "")
+            + f" (Score_w/o_others {_f(r.score_wo_others)})" for r in reports]
+
+
+def only_in_lines(only_a: Sequence[str], only_b: Sequence[str], note: str) -> list[str]:
+    """`only in A (N, NOTE): id, id, ... (M more)`, and the same for B, for each side with ids; at
+    most MAX_LISTED_IDS ids are named."""
+    lines = []
+    for side, ids in (("A", only_a), ("B", only_b)):
+        if ids:
+            more = f", ... ({len(ids) - MAX_LISTED_IDS} more)" if len(ids) > MAX_LISTED_IDS else ""
+            lines.append(f"only in {side} ({len(ids)}, {note}): {', '.join(ids[:MAX_LISTED_IDS])}{more}")
+    return lines
 
 
 def save_figure_atomic(fig: Any, path: Path) -> None:

@@ -4,7 +4,8 @@
 k, so each sample has its own cache entry) through the shared client, and appends the item's
 judgments to `RUN_DIR/judgments.jsonl` (format in `belle.eval.report`) once all its samples are
 in. A re-run reads that file and asks only for what is missing, so a finished run makes no call.
-`RUN_DIR/run.json` pins what the judgments depend on (judge, prompts, decoding); scoring into the
+`RUN_DIR/run.json` pins what the judgments depend on (judge, prompts, message format, decoding,
+with a run.json from before formats counting as "delimited"); scoring into the
 same folder with other settings is refused rather than mixed into one report, and an answer that
 changed since it was judged is refused too (each judgment keeps a hash of the answer it saw).
 """
@@ -23,21 +24,33 @@ from tqdm import tqdm
 from belle.cli import UsageError
 from belle.eval.answers import Answered
 from belle.eval.evalset import EvalItem
-from belle.eval.judging import judge_messages, missing_prompts, parse_score
+from belle.eval.judging import JUDGE_FORMATS, judge_messages, missing_prompts, parse_score
 from belle.eval.report import JUDGMENTS, RUN_INFO, read_judgments
 from belle.llm import OPENAI_BASE_URL, LLMClient, LLMError, LLMOptions, Reply, Usage, fan_out, redact_url
 from belle.records import jsonl, write_text_atomic
 
 # Settings that change what the judge says: a run folder keeps one value of each.
-PINNED = ("judge", "judge_base_url", "prompts_sha1", "temperature", "max_tokens")
+PINNED = ("judge", "judge_base_url", "prompts_sha1", "judge_format", "temperature", "max_tokens")
+# The longest judge reply (tokens) by message format: BELLE's page asks for 3000.
+DEFAULT_MAX_TOKENS = {"delimited": 1024, "belle-page": 3000}
 
 
-def judge_params(samples: int, temperature: float | None, max_tokens: int) -> dict[str, Any]:
+def judge_params(samples: int, temperature: float | None, max_tokens: int | None,
+                 judge_format: str = "delimited") -> dict[str, Any]:
     """The judge's chat parameters: temperature 0 for one sample (as repeatable as the judge
-    allows), 0.7 for several (samples that cannot differ average nothing), unless given."""
+    allows; BELLE's page uses 0 too), 0.7 for several (samples that cannot differ average
+    nothing), unless given; max_tokens `DEFAULT_MAX_TOKENS[judge_format]` unless given."""
     if temperature is None:
         temperature = 0.0 if samples == 1 else 0.7
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS[judge_format]
     return {"temperature": temperature, "max_tokens": max_tokens}
+
+
+def check_judge_format(judge_format: str) -> None:
+    """`UsageError` unless `judge_format` is one of `JUDGE_FORMATS`."""
+    if judge_format not in JUDGE_FORMATS:
+        raise UsageError(f"--judge-format must be one of {', '.join(JUDGE_FORMATS)}, not {judge_format!r}")
 
 
 def file_sha1(path: Path) -> str:
@@ -49,9 +62,11 @@ def answer_hash(answer: str) -> str:
     return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
 
 
-def judgment_record(item: EvalItem, answer: str, sample: int, reply: Reply) -> dict[str, Any]:
-    """One line of judgments.jsonl: the parsed score (None: a parse failure) and the raw reply."""
-    parsed = parse_score(reply.text)
+def judgment_record(item: EvalItem, answer: str, sample: int, reply: Reply,
+                    judge_format: str = "delimited") -> dict[str, Any]:
+    """One line of judgments.jsonl: the parsed score (None: a parse failure) and the raw reply.
+    A "belle-page" reply gives its score first, so the first score in it counts (see `parse_score`)."""
+    parsed = parse_score(reply.text, first=judge_format == "belle-page")
     return {
         "id": item.id, "class": item.klass, "sample": sample, "score": parsed.score, "reason": parsed.reason,
         "raw": reply.text, "answer_sha1": answer_hash(answer), "prompt_tokens": reply.prompt_tokens,
@@ -61,20 +76,24 @@ def judgment_record(item: EvalItem, answer: str, sample: int, reply: Reply) -> d
 
 async def ask_judge(client: LLMClient, messages: list[dict[str, str]], params: dict[str, Any], variant: int = 0) -> Reply:
     """The judge's reply to `messages`; a completion endpoint (`--judge-api completion`) gets
-    the system prompt and the user message as one text."""
+    the messages' texts as one (the system prompt, a blank line, the user message; for
+    "belle-page", the one message's text as it is)."""
     if client.options.api == "chat":
         return await client.chat(messages, variant=variant, **params)
     return await client.complete("\n\n".join(m["content"] for m in messages), variant=variant, **params)
 
 
 async def judge_answer(client: LLMClient, item: EvalItem, answer: str, prompts: dict[str, str], *,
-                       samples: int = 1, params: dict[str, Any], first_sample: int = 0) -> list[dict[str, Any]]:
-    """Judgment records of samples `first_sample .. samples - 1` of one answer, in sample order.
+                       samples: int = 1, params: dict[str, Any], first_sample: int = 0,
+                       judge_format: str = "delimited") -> list[dict[str, Any]]:
+    """Judgment records of samples `first_sample .. samples - 1` of one answer, in sample order,
+    asked in `judge_format` (see `belle.eval.judging.judge_messages`).
 
     Raises `LLMError` when a call fails for good, `KeyError` when the class has no prompt."""
-    messages = judge_messages(item, answer, prompts)
+    messages = judge_messages(item, answer, prompts, judge_format)
     replies = await asyncio.gather(*(ask_judge(client, messages, params, k) for k in range(first_sample, samples)))
-    return [judgment_record(item, answer, k, reply) for k, reply in zip(range(first_sample, samples), replies)]
+    return [judgment_record(item, answer, k, reply, judge_format)
+            for k, reply in zip(range(first_sample, samples), replies)]
 
 
 @dataclass
@@ -99,12 +118,13 @@ def check_prompts(answered: Sequence[Answered], prompts: dict[str, str]) -> None
 
 
 def score_answers(answered: Sequence[Answered], prompts: dict[str, str], judge: LLMOptions, run_dir: Path, *,
-                  samples: int = 1, temperature: float | None = None, max_tokens: int = 1024,
-                  api_key: str | None = None, prompts_sha1: str = "",
+                  samples: int = 1, temperature: float | None = None, max_tokens: int | None = None,
+                  judge_format: str = "delimited", api_key: str | None = None, prompts_sha1: str = "",
                   on_progress: Callable[[int, int], None] | None = None, show_progress: bool = True) -> ScoreResult:
     """Judge every answer `samples` times into `run_dir` (see the module docstring).
 
-    `prompts_sha1` names the prompt file's content in run.json; `on_progress(done, total)` is
+    `judge_format` is the judge's message format (`JUDGE_FORMATS`), which also sets the default
+    `max_tokens` (`judge_params`); `prompts_sha1` names the prompt file's content in run.json; `on_progress(done, total)` is
     called after each item with counts of this run's items. Raises `UsageError` for settings that
     cannot work (a class with no prompt, a folder scored with other settings, changed answers),
     `LLMFatalError` when the judge refuses the key or does not exist.
@@ -113,19 +133,21 @@ def score_answers(answered: Sequence[Answered], prompts: dict[str, str], judge: 
         raise UsageError(f"--samples must be at least 1, not {samples}")
     if judge.problems():
         raise UsageError("; ".join(judge.problems()))
+    check_judge_format(judge_format)
     check_prompts(answered, prompts)
-    params = judge_params(samples, temperature, max_tokens)
+    params = judge_params(samples, temperature, max_tokens, judge_format)
     models = sorted({a.model for a in answered if a.model})
     _pin_run_info(run_dir, {
-        "judge": judge.model, "prompts_sha1": prompts_sha1, "temperature": params["temperature"],
-        "max_tokens": max_tokens, "model": ", ".join(models) or None, "judge_base_url": redact_url(judge.base_url),
+        "judge": judge.model, "prompts_sha1": prompts_sha1, "judge_format": judge_format,
+        "temperature": params["temperature"], "max_tokens": params["max_tokens"], "model": ", ".join(models) or None, "judge_base_url": redact_url(judge.base_url),
         "price_input": judge.price_input, "price_output": judge.price_output,
     })
     path = run_dir / JUDGMENTS
     todo = _todo(answered, path, samples)
     result = ScoreResult(skipped=len(answered) - len(todo))
     if todo:
-        asyncio.run(_judge_all(todo, prompts, judge, path, samples, params, api_key, result, on_progress, show_progress))
+        asyncio.run(_judge_all(todo, prompts, judge, path, samples, params, judge_format, api_key, result,
+                               on_progress, show_progress))
     return result
 
 
@@ -144,6 +166,8 @@ def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
         if changed:
             hint = ("; the default temperature is 0 for one sample and 0.7 for several"
                     if old.get("temperature") != info["temperature"] else "")
+            if _pinned("judge_format", old.get("judge_format")) != info["judge_format"]:
+                hint += "; the default --max-tokens follows --judge-format (delimited 1024, belle-page 3000)"
             raise UsageError(f"{run_dir} was scored with other settings ({'; '.join(changed)}{hint}); "
                              "score into a new --output, or use the same settings to resume")
         info = {**old, **{k: v for k, v in info.items() if v is not None}}
@@ -154,9 +178,12 @@ def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 
 def _pinned(key: str, value: Any) -> Any:
     """`value` of run.json's `key` as the pinned-settings check compares it: a judge base URL
-    redacted (run.json never holds its secrets) and without a trailing slash, None as OpenAI's."""
+    redacted (run.json never holds its secrets) and without a trailing slash, None as OpenAI's;
+    no judge format (a run.json from before formats) as "delimited"."""
     if key == "judge_base_url" and (value is None or isinstance(value, str)):
         return redact_url((value or OPENAI_BASE_URL).rstrip("/"))
+    if key == "judge_format" and value is None:
+        return "delimited"
     return value
 
 
@@ -176,7 +203,8 @@ def _todo(answered: Sequence[Answered], path: Path, samples: int) -> list[tuple[
 
 
 async def _judge_all(todo: list[tuple[Answered, int]], prompts: dict[str, str], judge: LLMOptions, path: Path,
-                     samples: int, params: dict[str, Any], api_key: str | None, result: ScoreResult,
+                     samples: int, params: dict[str, Any], judge_format: str, api_key: str | None,
+                     result: ScoreResult,
                      on_progress: Callable[[int, int], None] | None, show_progress: bool) -> None:
     scores: list[float] = []
     settled = 0
@@ -210,7 +238,7 @@ async def _judge_all(todo: list[tuple[Answered, int]], prompts: dict[str, str], 
             def ask(unit: tuple[Answered, int]) -> Awaitable[list[dict[str, Any]]]:
                 answer, first = unit
                 return judge_answer(client, answer.item, answer.answer, prompts, samples=samples, params=params,
-                                    first_sample=first)
+                                    first_sample=first, judge_format=judge_format)
 
             try:
                 await fan_out(todo, ask, settle, concurrency=judge.concurrency, progress=shown)

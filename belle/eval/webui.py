@@ -12,12 +12,20 @@ memory and never written to a run folder, a log or the page's run history (turne
 field empty, the key comes from the environment variable `--judge-api-key-env` names, and goes only
 to the base URL the page was started with (`judge_options` enforces it for every request, raw
 POSTs included). Nothing under the working folder is served: downloads are copies in Gradio's cache.
+
+The judge's message format (`--judge-format`, a dropdown in the page) is "delimited" or
+"belle-page" (BELLE's own page's message, see `belle.eval.judging.judge_messages`).
+
+Scripts score one answer through the named API endpoint `/score` (`score_endpoint`), with
+`gradio_client`: `Client(url).predict(question, answer, api_name="/score")` -> (score or None,
+reason, raw reply). It follows the page's key rule; every other handler of the page is private.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -33,9 +41,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from belle.cli import UsageError
 from belle.eval.answers import EVAL_DECODING, EVAL_SAMPLING, read_answers, stream_answer
 from belle.eval.evalset import EvalItem, default_eval_set_path, read_eval_set
-from belle.eval.judging import default_judge_prompts_path, missing_prompts, read_judge_prompts
+from belle.eval.judging import JUDGE_FORMATS, JudgeFormat, default_judge_prompts_path, missing_prompts, read_judge_prompts
 from belle.eval.report import JUDGMENTS, build_report, class_order, report_markdown, write_report
-from belle.eval.scoring import check_prompts, file_sha1, judge_answer, judge_params, score_answers
+from belle.eval.scoring import check_judge_format, check_prompts, file_sha1, judge_answer, judge_params, score_answers
 from belle.generation import EngineOptions, GenerationParams, LoadOptions, PromptTooLong, SamplingOptions
 from belle.llm import LLMClient, LLMError, LLMOptions, OPENAI_BASE_URL, redact_url
 from belle.records import DataError
@@ -52,7 +60,6 @@ ALL = "all classes"  # the class dropdown's value for the whole set
 PREVIEW_CHARS = 40  # characters of a question shown in the question dropdown
 MAX_SAMPLES = 10
 MAX_LISTED_FAILURES = 10
-JUDGE_MAX_TOKENS = 1024
 REPORT_FILES = ("report.json", "report.md", "report.png", JUDGMENTS)
 MAX_UPLOAD_MB = 50.0  # MiB: the largest answers file the page accepts
 
@@ -98,6 +105,24 @@ def shuffle_pick(items: Sequence[EvalItem], klass: str, current: str | None, rng
     return rng.choice(others or pool)
 
 
+def find_question(items: Sequence[EvalItem], question: str) -> EvalItem:
+    """The item whose id is `question`, else the one whose question is exactly `question` (the
+    text of a single-turn item, or `question_text` of a multi-turn one). Raises `UsageError`
+    naming `question` when no item, or more than one, has that text."""
+    for item in items:
+        if item.id == question:
+            return item
+    found = [item for item in items if question in (item.turns[0] if len(item.turns) == 1 else None,
+                                                    question_text(item))]
+    if len(found) == 1:
+        return found[0]
+    shown = question if len(question) <= 80 else question[:80] + "…"
+    if not found:
+        raise UsageError(f"no question with id or text {shown!r} in this page's eval set")
+    raise UsageError(f"{len(found)} questions have the text {shown!r} (ids {', '.join(i.id for i in found)}); "
+                     "pass the id instead")
+
+
 def question_text(item: EvalItem) -> str:
     """The question as the page shows it: the text of a single-turn item; the numbered user turns
     of a multi-turn one ("[Turn 1] ...", blank line, "[Turn 2] ..."), judged on the last reply."""
@@ -139,8 +164,10 @@ def judge_options(base: LLMOptions, model: str, base_url: str, api_key: str = ""
 
 
 def judge_one(item: EvalItem, answer: str, prompts: dict[str, str], options: LLMOptions,
-              api_key: str | None = None, *, max_tokens: int = JUDGE_MAX_TOKENS) -> dict[str, Any]:
-    """The judge's one judgment of `answer` (a record of `belle.eval.scoring.judge_answer`).
+              api_key: str | None = None, *, max_tokens: int | None = None,
+              judge_format: str = "delimited") -> dict[str, Any]:
+    """The judge's one judgment of `answer` (a record of `belle.eval.scoring.judge_answer`), asked
+    in `judge_format` with at most `max_tokens` (default: the format's, see `judge_params`).
 
     `api_key` (the page's key field) is used for this request only; None: the environment
     variable `options.api_key_env`. Raises `LLMError` (also for options the client refuses) and
@@ -152,8 +179,8 @@ def judge_one(item: EvalItem, answer: str, prompts: dict[str, str], options: LLM
         except ValueError as e:  # invalid options: an empty model name, ...
             raise LLMError(str(e), "bad_request") from None
         async with client:
-            return await judge_answer(client, item, answer, prompts, samples=1,
-                                      params=judge_params(1, None, max_tokens))
+            return await judge_answer(client, item, answer, prompts, samples=1, judge_format=judge_format,
+                                      params=judge_params(1, None, max_tokens, judge_format))
 
     return asyncio.run(ask())[0]
 
@@ -216,7 +243,8 @@ def new_run_dir(workdir: Path, answers_name: str) -> Path:
 
 
 def score_file(path: Path, prompts: dict[str, str], options: LLMOptions, workdir: Path, *, samples: int = 1,
-               api_key: str | None = None, prompts_sha1: str = "", answers_name: str | None = None,
+               judge_format: str = "delimited", api_key: str | None = None, prompts_sha1: str = "",
+               answers_name: str | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> FileRun:
     """Judge every answer of the answers file `path` `samples` times into a new run folder under
     `workdir`, then write its report there. `answers_name`: the file's name as uploaded.
@@ -225,12 +253,13 @@ def score_file(path: Path, prompts: dict[str, str], options: LLMOptions, workdir
     and `LLMError` (the judge refused the key or does not exist)."""
     if not 1 <= samples <= MAX_SAMPLES:
         raise UsageError(f"samples must be between 1 and {MAX_SAMPLES}, not {samples}")
+    check_judge_format(judge_format)
     answered = read_answers(path)
     check_prompts(answered, prompts)  # before the run folder is made
     name = answers_name or path.name
     run_dir = new_run_dir(workdir, name)
-    result = score_answers(answered, prompts, options, run_dir, samples=samples, api_key=api_key,
-                           prompts_sha1=prompts_sha1, on_progress=on_progress, show_progress=False)
+    result = score_answers(answered, prompts, options, run_dir, samples=samples, judge_format=judge_format,
+                           api_key=api_key, prompts_sha1=prompts_sha1, on_progress=on_progress, show_progress=False)
     lines = [f"Scored **{name}** ({len(answered)} answers, {samples} sample{'s' if samples > 1 else ''} each) "
              f"into `{run_dir}`: {result.judged} judged, {len(result.failed)} failed, "
              f"{result.parse_failures} sample(s) without a readable score."]
@@ -262,13 +291,16 @@ def staged(run: FileRun) -> FileRun:
 
 def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOptions, *, workdir: Path,
               backend: ChatBackend | None = None, params: GenerationParams = EVAL_DECODING, prompts_sha1: str = "",
-              source: str = "", rng: random.Random | None = None) -> gr.Blocks:
-    """The scoring page over the eval set `items`, judged with `prompts` through `judge` (its model
-    and base URL are the page's starting values). With `backend`, a Generate button answers the
-    shown question with its first model using `params`, as `belle eval generate` would. Answers files are scored into run folders under
-    `workdir`. `source` is a line about where the set and prompts come from."""
+              source: str = "", rng: random.Random | None = None, judge_format: str = "delimited") -> gr.Blocks:
+    """The scoring page over the eval set `items`, judged with `prompts` through `judge` in
+    `judge_format` (its model, base URL and format are the page's starting values), with the named
+    API endpoint `/score` (`score_endpoint`). With `backend`, a Generate button answers the shown
+    question with its first model using `params`, as `belle eval generate` would. Answers files are
+    scored into run folders under `workdir`. `source` is a line about where the set and prompts come from."""
     import gradio as gr
 
+    check_judge_format(judge_format)
+    default_format = judge_format  # score_endpoint's own parameter has the name
     items = list(items)
     by_id = {item.id: item for item in items}
     rng = rng or random.Random()
@@ -305,7 +337,7 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
         except PromptTooLong as e:
             raise gr.Error(f"cannot answer: {e}") from None
 
-    def score(item_id: str, answer: str, model: str, base_url: str, api_key: str) -> str:
+    def score(item_id: str, answer: str, model: str, base_url: str, api_key: str, fmt: str | None = None) -> str:
         item = by_id.get(item_id)
         if item is None:
             return error_markdown("choose a question first")
@@ -313,8 +345,10 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
             return error_markdown("paste or generate an answer first")
         key = api_key.strip() or None
         try:
+            fmt = fmt or default_format
+            check_judge_format(fmt)
             options = judge_options(judge, model, base_url, api_key)
-            record = judge_one(item, answer, prompts, options, key)
+            record = judge_one(item, answer, prompts, options, key, judge_format=fmt)
         except UsageError as e:
             return error_markdown(str(e))
         except KeyError as e:
@@ -323,8 +357,36 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
             return error_markdown(llm_error_message(e, key is not None))
         return verdict_markdown(record, options.model)
 
+    def score_endpoint(question: str, answer: str, judge_model: str = "", judge_base_url: str = "",
+                       api_key: str = "", judge_format: str = "") -> tuple[float | None, str, str]:
+        """Score `answer` to one question of the page's eval set: (score 0..1 or None when the
+        reply held none, the judge's reason, its raw reply).
+
+        question: the question's id, or its exact text. judge_model, judge_base_url, judge_format:
+        empty for the page's starting ones. api_key: your key, for this request only; empty: the
+        server's, which goes only to the page's starting base URL. Bad input is an error naming it."""
+        try:
+            item = find_question(items, question)
+            if not answer.strip():
+                raise UsageError("the answer is empty")
+            fmt = judge_format.strip() or default_format
+            check_judge_format(fmt)
+            options = judge_options(judge, judge_model.strip() or judge.model,
+                                    judge_base_url.strip() or redact_url(judge.base_url) or "", api_key)
+            record = judge_one(item, answer, prompts, options, api_key.strip() or None, judge_format=fmt)
+        except UsageError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except KeyError as e:
+            raise gr.Error(str(e.args[0]), print_exception=False) from None
+        except LLMError as e:
+            raise gr.Error(llm_error_message(e, bool(api_key.strip())), print_exception=False) from None
+        return record["score"], record["reason"], record["raw"]
+
+    # gr.api derives the endpoint's types from the signature, which this module's string annotations hide
+    score_endpoint.__signature__ = inspect.signature(score_endpoint, eval_str=True)  # type: ignore[attr-defined]
+
     def score_upload(upload: str | None, samples: float | None, model: str, base_url: str, api_key: str,
-                     progress: gr.Progress = gr.Progress()) -> tuple[str, str, Any, Any]:
+                     fmt: str | None = None, progress: gr.Progress = gr.Progress()) -> tuple[str, str, Any, Any]:
         """(status, report markdown, chart, downloads)."""
         if not upload:
             return error_markdown("upload an answers file first"), "", None, None
@@ -332,7 +394,7 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
         progress((0, None), desc="Judging", unit="answers")
         try:
             options = judge_options(judge, model, base_url, api_key)
-            run = score_file(Path(upload), prompts, options, workdir,
+            run = score_file(Path(upload), prompts, options, workdir, judge_format=fmt or default_format,
                              samples=1 if samples is None else int(samples), api_key=key, prompts_sha1=prompts_sha1,
                              answers_name=Path(upload).name,
                              on_progress=lambda done, total: progress((done, total), desc="Judging", unit="answers"))
@@ -354,6 +416,9 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
                 judge_key = gr.Textbox("", type="password", label="API key", elem_id="judge-key",
                                        info=f"used for each request only, never stored; "
                                             f"empty: {key_note}, for the starting base URL only")
+                judge_format_box = gr.Dropdown(list(JUDGE_FORMATS), value=judge_format, label="Judge format",
+                                               elem_id="judge-format",
+                                               info="delimited: belle's own; belle-page: BELLE's page's message")
         with gr.Tabs():
             with gr.Tab("Single question", id="single"):
                 with gr.Row(equal_height=True):
@@ -383,8 +448,8 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
                 shuffle_button.click(shuffle, [klass, question], question, api_visibility="private")
                 if backend is not None:
                     generate_button.click(generate, question, [answer, earlier], api_visibility="private")
-                score_button.click(score, [question, answer, judge_model, judge_url, judge_key], verdict,
-                                   api_visibility="private")
+                score_button.click(score, [question, answer, judge_model, judge_url, judge_key, judge_format_box],
+                                   verdict, api_visibility="private", api_name="page_score")  # "score": the API's
                 answer.change(None, None, verdict, js="() => ''")  # a verdict goes stale with its answer
 
             with gr.Tab("Answers file", id="file"):
@@ -402,9 +467,11 @@ def build_app(items: Sequence[EvalItem], prompts: dict[str, str], judge: LLMOpti
                 report = gr.Markdown("", elem_id="report")
                 chart = gr.Image(label="Score per class", type="filepath", interactive=False, elem_id="chart")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-                score_file_button.click(score_upload, [upload, samples, judge_model, judge_url, judge_key],
+                score_file_button.click(score_upload,
+                                        [upload, samples, judge_model, judge_url, judge_key, judge_format_box],
                                         [status, report, chart, downloads], api_visibility="private")
                 upload.change(None, None, [status, report, chart, downloads], js="() => ['', '', null, null]")
+        gr.api(score_endpoint, api_name="score")
     return app
 
 
@@ -449,6 +516,7 @@ def webui(
     judge: LLMOptions,
     eval_set: Path | None = None,
     prompts: Path | None = None,
+    judge_format: JudgeFormat = "delimited",
     model: Path | None = None,
     sampling: SamplingOptions = EVAL_SAMPLING,
     engine: EngineOptions = EngineOptions(),
@@ -469,6 +537,8 @@ def webui(
         judge: the judge endpoint.
         eval_set: the eval set to browse; default: the sample set shipped with belle.
         prompts: the judge prompts, one per class; default: belle's own.
+        judge_format: the judge's message format the page starts with: delimited (belle's own) or belle-page
+            (BELLE's scoring page's message, byte for byte); also a field of the page and of its /score endpoint.
         model: a model folder (full, LoRA adapter or GPTQ) to answer questions with a Generate button.
         workdir: folder for the run folders of scored answers files; default: a new temporary folder.
         host: address the page binds; 0.0.0.0 exposes it to the network.
@@ -496,6 +566,6 @@ def webui(
     source = (f"Eval set `{eval_set}` ({len(items)} questions) · judge prompts `{prompts}`"
               + (f" · model `{model}`" if model else ""))
     app = build_app(items, judge_prompts, judge, workdir=workdir, backend=backend, params=params,
-                    prompts_sha1=file_sha1(prompts), source=source)
+                    prompts_sha1=file_sha1(prompts), source=source, judge_format=judge_format)
     launch(app, workdir=workdir, host=host, port=port, share=share, max_upload_mb=max_upload_mb)
     return 0

@@ -8,7 +8,7 @@ import pytest
 from belle.eval.cli import spread_over_classes
 from belle.eval.evalset import CLASSES, EvalItem, default_eval_set_path, read_eval_set
 from belle.testing.openai_stub import serve_stub
-from tests.helpers import read_jsonl
+from tests.helpers import read_jsonl, write_jsonl
 
 
 def judge_by_class(request: dict) -> str:
@@ -56,10 +56,11 @@ def test_generate_score_report_through_the_cli(belle_cli, tiny_model_dir, tmp_pa
 @pytest.mark.slow
 def test_run_does_all_three_and_reports_compare_runs(belle_cli, tiny_model_dir, tmp_path):
     with serve_stub("得分: 0.7") as stub:
-        for name in ("first", "second"):
+        for name, judge_format in (("first", "delimited"), ("second", "belle-page")):
             done = belle_cli("eval", "run", "--model", str(tiny_model_dir), "--name", name, "--output", str(tmp_path / name),
                              "--limit", "10", "--max-new-tokens", "4", "--judge-model", "judge",
-                             "--judge-base-url", stub.url, "--judge-cache", str(tmp_path / "cache.sqlite"))
+                             "--judge-base-url", stub.url, "--judge-cache", str(tmp_path / "cache.sqlite"),
+                             "--judge-format", judge_format)
             assert done.returncode == 0, done.stderr
             assert {p.name for p in (tmp_path / name).iterdir()} >= {
                 "answers.jsonl", "judgments.jsonl", "run.json", "report.json", "report.md", "report.png"}
@@ -68,6 +69,10 @@ def test_run_does_all_three_and_reports_compare_runs(belle_cli, tiny_model_dir, 
     runs = json.loads((tmp_path / "cmp" / "report.json").read_text(encoding="utf-8"))["runs"]
     assert [r["name"] for r in runs] == ["first", "second"] and [r["model"] for r in runs] == ["first", "second"]
     assert "| class | first | second |" in both.stdout
+    assert [r["judge_format"] for r in runs] == ["delimited", "belle-page"]
+    assert "Not comparable: these runs were judged with different judge message formats" in both.stdout
+    assert "| judge format | delimited | belle-page |" in both.stdout
+    assert len([r for r in stub.requests if len(r["messages"]) == 1 and r["max_tokens"] == 3000]) == 10
 
     with serve_stub("两个回答差不多。\n[[C]]") as stub:
         pair = belle_cli("eval", "pairwise", str(tmp_path / "first" / "answers.jsonl"),
@@ -98,3 +103,35 @@ def test_spread_over_classes_covers_every_class_first():
     assert chosen == [item for item in items if item in chosen]  # file order kept
     few = [EvalItem("a", ("q",), "", "math"), EvalItem("b", ("q2",), "", "math"), EvalItem("c", ("q3",), "", "code")]
     assert [item.id for item in spread_over_classes(few, 2)] == ["a", "c"]
+
+
+def test_score_with_belles_page_format_through_the_cli(belle_main, tmp_path):
+    prompts = write_jsonl(tmp_path / "eval_prompt.json", [
+        {"class": "closed\u00a0QA", "prompt": "依据材料评分，请按照\"得分:\"这样的形式输出分数。"},
+        {"class": "generation", "prompt": "评价生成。"}])
+    answers = write_jsonl(tmp_path / "answers.jsonl", [
+        {"id": "c1", "class": "closed\u00a0qa", "question": "材料：天是蓝的。天是什么颜色？", "std_answer": "蓝色",
+         "answer": "蓝色。", "model": "m"},
+        {"id": "g1", "class": "generation", "question": "写一句诗", "std_answer": "", "answer": "春眠不觉晓", "model": "m"}])
+    run = tmp_path / "run"
+    argv = ["eval", "score", "--answers", answers, "--prompts", prompts, "--output", run, "--judge-model", "gpt-3.5-turbo",
+            "--judge-cache", "off", "--judge-concurrency", "1"]
+    with serve_stub("得分: 0.8\n理由：正确。") as stub:
+        done = belle_main(*argv, "--judge-base-url", stub.url, "--judge-format", "belle-page")
+        assert done.returncode == 0, done.stderr
+        bodies = [{k: v for k, v in r.items() if not k.startswith("_")} for r in stub.requests]
+        refused = belle_main(*argv, "--judge-base-url", stub.url)  # the default format into the same folder
+        assert stub.calls == 2
+    assert bodies == [
+        {"model": "gpt-3.5-turbo", "temperature": 0.0, "max_tokens": 3000, "messages": [{"role": "user", "content":
+         "依据材料评分，请按照\"得分:\"这样的形式输出分数。 材料：天是蓝的。天是什么颜色？ 标准回答:蓝色  模型回答：' 蓝色。'。"
+         "请针对模型回答给出得分，顺便给出理由："}]},
+        {"model": "gpt-3.5-turbo", "temperature": 0.0, "max_tokens": 3000, "messages": [{"role": "user", "content":
+         "评价生成。 写一句诗  模型回答： '春眠不觉晓'。请针对模型回答给出得分，顺便给出理由："}]},
+    ]
+    assert "Score 0.800" in done.stdout
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["judge_format"] == "belle-page"
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "judge_format 'belle-page' -> 'delimited'" in refused.stderr and "Traceback" not in refused.stderr
+    bad = belle_main(*argv, "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-format", "belle")
+    assert bad.returncode == 2 and "invalid choice: 'belle'" in bad.stderr

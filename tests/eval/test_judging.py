@@ -3,8 +3,9 @@ pairwise judge's messages and verdicts."""
 
 import pytest
 
-from belle.eval.evalset import CLASSES, EvalItem, read_eval_set
+from belle.eval.evalset import CLASSES, EvalItem, class_key, read_eval_set
 from belle.eval.judging import (
+    JUDGE_FORMATS,
     NO_REFERENCE,
     OUTPUT_RULE,
     PAIRWISE_NO_REFERENCE,
@@ -241,3 +242,134 @@ def test_scoring_and_pairwise_show_the_question_and_reference_alike():
     compared = pairwise_messages(item, "2", "3")[1]["content"]
     block = "【问题 开始】\n一加一等于几？\n【问题 结束】\n\n【标准答案 开始】\n2\n【标准答案 结束】\n\n"
     assert scored.startswith(block) and compared.startswith(block)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# BELLE's page's message ("belle-page")
+
+# Every class of BELLE's eval_prompt.json, spelled as there ("open QA", "closed\xa0QA"), with short
+# hand-written prompts; one item per class, its class spelled as in BELLE's eval_set.json.
+PAGE_PROMPTS = {
+    "math": "P数学", "code": "P代码", "classification": "P分类", "extract": "P抽取", "open QA": "P开放",
+    "closed\u00a0QA": "P封闭", "generation": "P生成", "brainstorming": "P头脑", "rewrite": "P改写",
+    "translation": "P翻译", "summarization": "P摘要",
+}
+PAGE_CASES = [  # (class, question, std_answer, answer, the page's message written out)
+    ("math", "1+1=?", "2", "2", "P数学 1+1=? 标准回答:2  模型回答：' 2'。请针对模型回答给出得分，顺便给出理由："),
+    ("code", "写个循环", "for i in x: pass", "while 1: pass",
+     "P代码 写个循环 标准回答:for i in x: pass  模型回答：' while 1: pass'。请针对模型回答给出得分，顺便给出理由："),
+    ("classification", "猫是哺乳动物吗？", "是", "是的",
+     "P分类 猫是哺乳动物吗？ 标准回答:是  模型回答：' 是的'。请针对模型回答给出得分，顺便给出理由："),
+    ("extract", "找出人名：小明来了", "小明", "小明",
+     "P抽取 找出人名：小明来了 标准回答:小明  模型回答：' 小明'。请针对模型回答给出得分，顺便给出理由："),
+    ("open qa", "天为什么是蓝的？", "散射", "瑞利散射",
+     "P开放 天为什么是蓝的？ 标准回答:散射  模型回答：' 瑞利散射'。请针对模型回答给出得分，顺便给出理由："),
+    ("closed\u00a0qa", "材料：天是蓝的。问题：天是什么颜色？", "蓝色", "蓝色的。",
+     "P封闭 材料：天是蓝的。问题：天是什么颜色？ 标准回答:蓝色  模型回答：' 蓝色的。'。请针对模型回答给出得分，顺便给出理由："),
+    ("generation", "写一首诗", "", "春眠不觉晓",
+     "P生成 写一首诗  模型回答： '春眠不觉晓'。请针对模型回答给出得分，顺便给出理由："),
+    ("brainstorming", "周末做什么？", "", "爬山",
+     "P头脑 周末做什么？  模型回答： '爬山'。请针对模型回答给出得分，顺便给出理由："),
+    ("rewrite", "改写：我很高兴", "我非常开心", "我很开心",  # a reference, but BELLE's page never shows one for rewrite
+     "P改写 改写：我很高兴  模型回答： '我很开心'。请针对模型回答给出得分，顺便给出理由："),
+    ("translation", "翻译：cat", "猫", "猫咪",
+     "P翻译 翻译：cat 标准回答:猫  模型回答：' 猫咪'。请针对模型回答给出得分，顺便给出理由："),
+    ("summarization", "总结：今天下雨。", "", "下雨",  # no reference in a reference class: an empty one
+     "P摘要 总结：今天下雨。 标准回答:  模型回答：' 下雨'。请针对模型回答给出得分，顺便给出理由："),
+]
+
+
+def test_formats_are_named():
+    assert JUDGE_FORMATS == ("delimited", "belle-page")
+
+
+@pytest.mark.parametrize("klass, question, std_answer, answer, expected", PAGE_CASES, ids=[c[0] for c in PAGE_CASES])
+def test_belle_page_message_for_every_class(klass, question, std_answer, answer, expected):
+    item = EvalItem("x", (question,), std_answer, class_key(klass))
+    assert judge_messages(item, answer, PAGE_PROMPTS, "belle-page") == [{"role": "user", "content": expected}]
+
+
+def test_belle_page_message_keeps_every_space():
+    prompts = {"open QA": "  评判。\n"}  # as the file has it: read_judge_prompts does not strip either
+    item = EvalItem("x", (" 问题？\n",), "\n答案 ", "open qa")
+    (message,) = judge_messages(item, "  回答\n", prompts, "belle-page")
+    assert message["content"] == "  评判。\n  问题？\n 标准回答:\n答案   模型回答：'   回答\n'。请针对模型回答给出得分，顺便给出理由："
+
+
+def test_read_judge_prompts_keeps_the_prompt_as_written(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"class": "closed\u00a0QA", "prompt": "评判。 \n"}])
+    assert read_judge_prompts(path) == {"closed qa": "评判。 \n"}
+    (system, _) = judge_messages(EvalItem("x", ("q",), "a", "closed qa"), "b", read_judge_prompts(path))
+    assert system["content"].startswith("评判。\n\n")  # the delimited format strips it
+
+
+def test_belle_page_multi_turn_and_unknown_class_and_format():
+    item = EvalItem("y", ("推荐一本书", "为什么？"), "", "generation")
+    (message,) = judge_messages(item, "因为好看", PAGE_PROMPTS, "belle-page")
+    assert message["content"] == ("P生成 （这是一段 2 轮的对话，用户依次提出以下内容）\n第1轮用户：推荐一本书\n第2轮用户：为什么？"
+                                  "  模型回答： '因为好看'。请针对模型回答给出得分，顺便给出理由：")
+    with pytest.raises(KeyError, match="poetry"):
+        judge_messages(EvalItem("z", ("q",), "", "poetry"), "a", PAGE_PROMPTS, "belle-page")
+    with pytest.raises(ValueError, match="unknown judge format 'belle'"):
+        judge_messages(item, "a", PAGE_PROMPTS, "belle")
+
+
+def page_substitution(template: str, values: dict[str, str]) -> str:
+    """A JavaScript template literal's `${name}` placeholders replaced by `values`, one by one."""
+    for name, value in values.items():
+        template = template.replace("${" + name + "}", value)
+    assert "${" not in template
+    return template
+
+
+# The two templates as ChatGPT_Score.html.temp (LianjiaTech/BELLE, eval/template_html) writes them.
+NO_REFERENCE_TEMPLATE = "${prompt} ${question.question}  模型回答： '${userAnswer}'。请针对模型回答给出得分，顺便给出理由："
+REFERENCE_TEMPLATE = ("${prompt} ${question.question} 标准回答:${question.std_answer}  模型回答：' ${userAnswer}'。"
+                      "请针对模型回答给出得分，顺便给出理由：")
+
+
+@needs_belle
+def test_belle_page_message_for_one_item_of_every_class_of_belles_files(tmp_path):
+    import json
+
+    raw_prompts = [json.loads(line) for line in BELLE_PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raw_items = [json.loads(line) for line in BELLE_EVAL_SET.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # the items as `belle eval score` reads them (read_eval_set), beside the raw records the page reads
+    items = read_eval_set(BELLE_EVAL_SET)
+    assert len(items) == len(raw_items)
+    prompts = read_judge_prompts(BELLE_PROMPTS)
+    answer = " 模型的回答，\n带换行 "
+    for record in raw_prompts:
+        # BELLE's page finds the prompt with `item.class === question.class`: "open QA" never equals the set's
+        # "open qa", so the page cannot score those; belle matches through class_key.
+        same = [(raw, item) for raw, item in zip(raw_items, items) if class_key(raw["class"]) == class_key(record["class"])]
+        if same:
+            raw, item = same[0]
+        else:  # BELLE's set has no translation item
+            raw = {"question": "Translate: good morning", "std_answer": "早上好", "class": record["class"]}
+            (item,) = read_eval_set(write_jsonl(tmp_path / "missing.jsonl", [raw]))
+        template = NO_REFERENCE_TEMPLATE if raw["class"] in ("generation", "brainstorming", "rewrite") else REFERENCE_TEMPLATE
+        expected = page_substitution(template, {"prompt": record["prompt"], "question.question": raw["question"],
+                                                "question.std_answer": raw["std_answer"], "userAnswer": answer})
+        assert judge_messages(item, answer, prompts, "belle-page") == [{"role": "user", "content": expected}], record
+
+
+@pytest.mark.parametrize(
+    "reply, score, reason",
+    [
+        ("得分: 0.8\n理由：回答正确，但不够完整。", 0.8, "回答正确，但不够完整。"),
+        ("得分：0.8分", 0.8, ""),
+        ("得分：0.8分\n理由：模型回答基本正确。", 0.8, "模型回答基本正确。"),
+        ("得分：0.9\n\n理由：回答通顺，第2点可以给1分，第3点只能得0.5分。", 0.9, "回答通顺，第2点可以给1分，第3点只能得0.5分。"),
+        ("模型回答得分：0.5分，理由：与标准答案有出入。", 0.5, "模型回答得分：0.5分，理由：与标准答案有出入。"),
+        ("得分: 0\n理由: 答非所问。", 0.0, "答非所问。"),
+        ("理由：无法判断。", None, "理由：无法判断。"),
+        # the reason comes first and quotes a verb form: the labelled score still decides
+        ("理由：不能给1分，因为漏了一步。\n得分：0.6", 0.6, "不能给1分，因为漏了一步。"),
+        ("理由：最多打8分。\n得分：0.7\n说明：我给0.7分", 0.7, "最多打8分。\n说明：我给0.7分"),
+        ("回答基本正确，我给0.7分。", 0.7, "回答基本正确，我给0.7分。"),  # no label: the verb form
+    ],
+)
+def test_parse_score_of_belle_page_replies_reads_the_first_score(reply, score, reason):
+    assert parse_score(reply, first=True) == ParsedScore(score, reason)

@@ -9,7 +9,7 @@ import pytest
 
 from belle.cli import UsageError, run_verbs
 from belle.eval.judging import PAIRWISE_SYSTEM_PROMPT
-from belle.eval.pairwise import PairwiseCounts, combine, model_pick, pairwise
+from belle.eval.pairwise import PairwiseCounts, combine, length_figures, model_pick, pairwise
 from belle.llm import LLMOptions
 from belle.testing.openai_stub import Fault, serve_stub
 from tests.helpers import read_jsonl
@@ -275,3 +275,81 @@ def test_cli(tmp_path, files, capsys):
     assert run_verbs([pairwise], ["pairwise", str(files[0]), str(files[1]), "--output", str(out),
                                   "--judge-model", "judge", "--limit", "0"], "belle eval") == 2
     assert "--limit 0" in capsys.readouterr().err
+
+
+# Length bias by hand: (result, len_a, len_b); difference len_a - len_b decides the bin
+LENGTH_RECORDS = [
+    ("A", 100, 20),  # +80: A longer; the longer won
+    ("B", 10, 300),  # -290: A much shorter; the longer (B) won
+    ("A", 50, 400),  # -350: A much shorter; the shorter won
+    ("B", 40, 40),  # 0: about equal; decisive with equal lengths, left out of the share
+    ("tie", 500, 100),  # +400: A much longer; not decisive
+    ("inconsistent", 230, 200),  # +30: still about equal (the bin ends at 30)
+    ("failed", 62, 31),  # +31: A longer (from 31); not rated
+    ("A", None, None),  # a record without lengths: left out of everything
+]
+
+
+def test_length_figures_equal_a_hand_computation():
+    records = [{"id": f"r{k}", "class": "open qa", "result": result,
+                **({} if len_a is None else {"len_a": len_a, "len_b": len_b})}
+               for k, (result, len_a, len_b) in enumerate(LENGTH_RECORDS)]
+    length = length_figures(records)
+    # decisive with different lengths: r0, r1, r2; the longer won r0 and r1
+    assert (length["longer_won"], length["decisive_unequal"], length["decisive_equal"]) == (2, 3, 1)
+    assert length["longer_share"] == 2 / 3 and length["without_lengths"] == 1
+    bins = {b["label"].split(" (")[0]: b for b in length["bins"]}
+    assert list(bins) == ["A much shorter", "A shorter", "about equal", "A longer", "A much longer"]
+    got = {k: (b["n"], b["wins_a"], b["wins_b"], b["ties"], b["inconsistent"], b["failed"], b["win_rate_a"])
+           for k, b in bins.items()}
+    assert got == {
+        "A much shorter": (2, 1, 1, 0, 0, 0, 0.5),
+        "A shorter": (0, 0, 0, 0, 0, 0, None),
+        "about equal": (2, 0, 1, 0, 1, 0, 0.25),
+        "A longer": (2, 1, 0, 0, 0, 1, 1.0),
+        "A much longer": (1, 0, 0, 1, 0, 0, 0.5),
+    }
+    assert (bins["A much shorter"]["low"], bins["A much shorter"]["high"]) == (None, -200)
+    assert length_figures([])["longer_share"] is None
+
+
+def test_lengths_are_stored_and_old_records_without_them_are_counted_not_guessed(tmp_path, files, capsys):
+    a, b = files
+    out = tmp_path / "out"
+    with serve_stub(scripted_judge) as stub:
+        assert pairwise(a, b, judge=judge_options(tmp_path, stub, cache="off"), output=out) == 0
+    records = read_jsonl(out / "pairwise.jsonl")
+    assert all((r["len_a"], r["len_b"]) == (len("甲的回答 质量3"), len("乙的回答 质量1")) for r in records)
+    length = json.loads((out / "pairwise.json").read_text(encoding="utf-8"))["length"]
+    # q1, q2, q5, m1 are decisive, all with answers of equal length
+    assert (length["longer_won"], length["decisive_unequal"], length["decisive_equal"]) == (0, 0, 4)
+    assert length["longer_share"] is None and length["without_lengths"] == 0
+
+    # a file written before lengths were stored, but for q1, whose record keeps them; A's answer to q1
+    # and q2 has since grown by 200 characters: the verdicts were on the old answers, so the new
+    # lengths must not be filed under them
+    old = [r if r["id"] == "q1" else {k: v for k, v in r.items() if k not in ("len_a", "len_b")} for r in records]
+    (out / "pairwise.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in old),
+                                        encoding="utf-8")
+    lines = (out / "pairwise.jsonl").read_text(encoding="utf-8")
+    grown = [json.loads(line) for line in a.read_text(encoding="utf-8").splitlines()]
+    for record in grown:
+        if record["id"] in ("q1", "q2"):
+            record["answer"] += "长" * 200
+    a.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in grown), encoding="utf-8")
+    capsys.readouterr()
+    remote = LLMOptions(model="judge", base_url="https://judge.invalid/v1", cache="off")
+    assert pairwise(a, b, judge=remote, output=out) == 0  # nothing to judge again
+    assert (out / "pairwise.jsonl").read_text(encoding="utf-8") == lines  # never rewritten
+    length = json.loads((out / "pairwise.json").read_text(encoding="utf-8"))["length"]
+    # only q1 has lengths: the stored, equal ones; every other record is counted without lengths
+    assert length["without_lengths"] == len(records) - 1
+    assert (length["longer_won"], length["decisive_unequal"], length["decisive_equal"]) == (0, 0, 1)
+    assert sum(b["n"] for b in length["bins"]) == 1
+    about_equal = next(b for b in length["bins"] if b["label"].startswith("about equal"))
+    assert about_equal["n"] == 1
+    shown = capsys.readouterr().out
+    assert f"{len(records) - 1} items with no length recorded left out" in shown
+    markdown = (out / "pairwise.md").read_text(encoding="utf-8")
+    assert "| A longer (31..200) | 0 |" in markdown
+    assert "- position: the judge picked" in markdown  # position bias stays

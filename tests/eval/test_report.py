@@ -1,13 +1,14 @@
 """The report's figures equal a hand computation on a fixed set of judgments."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from belle.eval.cli import main as eval_main
-from belle.eval.report import (ClassResult, RunReport, bootstrap_ci, build_report, item_scores,
-                               report_markdown, write_report)
+from belle.eval.report import (ClassResult, RunReport, agree_hints, bootstrap_ci, build_report, item_scores,
+                               plot_labels, report_markdown, write_report)
 from belle.records import DataError
 
 # Run "a": three classes, two samples per item. Scores are dyadic fractions so every mean below is
@@ -102,7 +103,7 @@ def test_unscored_items_are_not_zeros(tmp_path):
 def test_class_with_no_scored_item_is_left_out_of_the_scores(tmp_path):
     lines = judgment_lines([("x", "extract", (None, None)), ("m", "math", (0.5, 0.5))])
     report = build_report(write_run(tmp_path / "r", lines))
-    assert report.classes["extract"] == ClassResult("extract", 0, None, None, None, 1, 2)
+    assert report.classes["extract"] == ClassResult("extract", 0, None, None, None, 1, 2, spread_left_out=1)
     assert report.score == 0.5
     assert report.score_wo_others is None  # math alone: nothing left once math and code are out
 
@@ -215,6 +216,61 @@ def test_markdown_without_intervals(run_b):
     assert "| open qa | 1.000 (n=1) |" in md
 
 
+def test_judge_format_is_reported_and_mixed_formats_are_flagged(tmp_path, run_b):
+    page = write_run(tmp_path / "page", judgment_lines(RUN_B), {"judge": "j", "judge_format": "belle-page"})
+    old, new = build_report(run_b, bootstrap=0), build_report(page, bootstrap=0)  # no run.json: delimited
+    assert (old.judge_format, new.judge_format) == ("delimited", "belle-page")
+    assert "judge format" not in report_markdown([old]) and "Not comparable" not in report_markdown([old, old])
+    alone = report_markdown([new])
+    assert "| judge format | belle-page |" in alone and "Not comparable" not in alone
+    mixed = report_markdown([old, new]).splitlines()
+    assert mixed[2] == ("Not comparable: these runs were judged with different judge message formats "
+                        "(belle-page, delimited), so their scores cannot be set side by side.")
+    assert "| judge format | delimited | belle-page |" in mixed
+    assert asdict(new)["judge_format"] == "belle-page"  # report.json holds each run's asdict
+
+
+def test_a_run_without_judgments_has_no_judge_format(tmp_path, run_b):
+    page = write_run(tmp_path / "page", judgment_lines(RUN_B), {"judge": "j", "judge_format": "belle-page"})
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "bench.json").write_text(json.dumps({"model": "m", "tasks": {"cmmlu": {"acc": 0.5}}}), encoding="utf-8")
+    benched, paged, old = (build_report(d, bootstrap=0) for d in (bench, page, run_b))
+    assert benched.judge_format is None
+    md = report_markdown([benched, paged])
+    assert "Not comparable" not in md and "| judge format | — | belle-page |" in md
+    assert "judge format" not in report_markdown([benched, old])
+    # the chart names each run's format only when the judged runs differ in it
+    assert plot_labels([benched, paged]) == ["bench (Score_w/o_others —)", "page (Score_w/o_others 1.000)"]
+    assert plot_labels([old, paged, benched]) == ["b [delimited] (Score_w/o_others 1.000)",
+                                                  "page [belle-page] (Score_w/o_others 1.000)",
+                                                  "bench [no judge] (Score_w/o_others —)"]
+
+
+def hashed(lines: list[dict], answers: dict[str, str]) -> list[dict]:
+    """`lines` with the answer hash each judgment saw (`answers`: id -> a stand-in hash)."""
+    return [{**line, "answer_sha1": answers[line["id"]]} for line in lines]
+
+
+def test_report_points_to_agree_for_runs_judged_on_the_same_answers(tmp_path, capsys):
+    same = {"o1": "h1", "c1": "h2"}
+    judge1 = write_run(tmp_path / "judge1", hashed(judgment_lines(RUN_B), same), {"judge": "j1"})
+    judge2 = write_run(tmp_path / "judge 2", hashed(judgment_lines(RUN_B[:1]), same), {"judge": "j2"})
+    other = write_run(tmp_path / "other", hashed(judgment_lines(RUN_B), {"o1": "h1", "c1": "changed"}))
+    unhashed = write_run(tmp_path / "unhashed", judgment_lines(RUN_B))  # judged before hashes were stored
+
+    (hint,) = agree_hints([judge1, judge2])
+    assert hint == (f"judge1 and judge 2 judged the same answers (common items: 1): `belle eval agree {judge1} '{judge2}'` "
+                    "shows how far their judges agree (rank correlation and mean difference per class).")
+    assert agree_hints([judge1, other]) == [] and agree_hints([judge1, unhashed]) == [] and agree_hints([judge1]) == []
+    hints = agree_hints([judge1, other, judge2])  # judge 2 judged only o1, whose answer "other" shares
+    assert [h.split(" judged")[0] for h in hints] == ["judge1 and judge 2", "other and judge 2"]
+
+    assert eval_main(["report", str(judge1), str(judge2), str(unhashed), "--output", str(tmp_path / "out")]) == 0
+    assert hint in capsys.readouterr().out
+    assert (tmp_path / "out" / "report.md").read_text(encoding="utf-8").endswith(hint + "\n")
+
+
 def test_malformed_line_names_file_and_line(tmp_path):
     run = write_run(tmp_path / "r", judgment_lines(RUN_B))
     with open(run / "judgments.jsonl", "a", encoding="utf-8") as f:
@@ -283,3 +339,49 @@ def test_bad_run_json(tmp_path):
     run = write_run(tmp_path / "r", judgment_lines(RUN_B), {"price_input": -1, "price_output": 2})
     with pytest.raises(DataError, match=r"run\.json: price_input: -1"):
         build_report(run)
+
+
+# Sample spread, by hand (sample SD, ddof=1; "disagree": max - min > 0.2 strictly):
+#   a1 open qa (.7, .9, .8): mean .8, SD sqrt((.01 + .01 + 0) / 2) = .1; range .2 is not > .2
+#   a2 open qa (.5, 1, fail): SD .5 / sqrt(2); range .5 disagrees
+#   a3 open qa (.6, fail, fail): one parsed sample, left out
+#   b1 math (.2, .2, .2): SD 0, agrees;  b2 math (fail x3): left out
+# open qa: SD (.1 + .5 / sqrt 2) / 2, disagree 1 / 2, 2 items, 1 left out; math: 0, 0 / 1, 1, 1
+# overall (all items, not the mean of classes): SD (.1 + .5 / sqrt 2 + 0) / 3, disagree 1 / 3, 3 items, 2 left out
+SPREAD = [
+    ("a1", "open qa", (0.7, 0.9, 0.8)),
+    ("a2", "open qa", (0.5, 1.0, None)),
+    ("a3", "open qa", (0.6, None, None)),
+    ("b1", "math", (0.2, 0.2, 0.2)),
+    ("b2", "math", (None, None, None)),
+]
+
+
+def test_sample_spread_equals_a_hand_computation(tmp_path):
+    report = build_report(write_run(tmp_path / "k3", judgment_lines(SPREAD)), bootstrap=0)
+    qa, math_ = report.classes["open qa"], report.classes["math"]
+    assert report.samples_per_item == 3
+    assert qa.sample_sd == pytest.approx((0.1 + 0.5 / 2 ** 0.5) / 2)
+    assert (qa.sample_disagree, qa.spread_items, qa.spread_left_out) == (0.5, 2, 1)
+    assert (math_.sample_sd, math_.sample_disagree, math_.spread_items, math_.spread_left_out) == (0.0, 0.0, 1, 1)
+    assert report.sample_sd == pytest.approx((0.1 + 0.5 / 2 ** 0.5) / 3)
+    assert report.sample_disagree == pytest.approx(1 / 3)
+    assert (report.spread_items, report.spread_left_out) == (3, 2)
+
+    write_report([report], tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["runs"][0]
+    assert data["sample_disagree"] == pytest.approx(1 / 3) and data["classes"]["open qa"]["spread_left_out"] == 1
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| judge samples per item | 3 |" in md
+    assert "| sample SD (mean per item) | 0.151 (n=3, 2 left out) |" in md
+    assert "| samples disagree (max - min > 0.2) | 33.3% |" in md
+    assert "| sample SD: open qa | 0.227, 50.0% disagree (n=2) |" in md
+    assert "| sample SD: math | 0.000, 0.0% disagree (n=1) |" in md
+
+
+def test_one_sample_per_item_has_no_spread_rows(tmp_path):
+    lines = judgment_lines([("a", "math", (0.5,)), ("b", "math", (1.0,))])
+    report = build_report(write_run(tmp_path / "k1", lines), bootstrap=0)
+    assert (report.samples_per_item, report.sample_sd, report.sample_disagree) == (1, None, None)
+    assert (report.spread_items, report.spread_left_out) == (0, 2)
+    assert "sample SD" not in report_markdown([report])

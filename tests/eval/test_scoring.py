@@ -205,3 +205,55 @@ def test_a_completion_judge_gets_one_text(tmp_path):
     assert request["_path"] == "/v1/completions"
     assert request["prompt"].startswith(PROMPTS["math"]) and "【模型回答 开始】\nx\n" in request["prompt"]
     assert read_judgments(tmp_path / "run" / "judgments.jsonl")[0]["score"] == 0.3
+
+
+def test_belle_page_format_sends_one_message_at_temperature_0_and_3000_tokens(tmp_path):
+    answered = read_answers(write_answers(tmp_path / "answers.jsonl", {"a": ("math", " 2 "), "b": ("rewrite", "x")}))
+    reply = "得分：0.9\n理由：正确，可以给1分但略简略。"
+    with serve_stub(reply) as stub:
+        score_answers(answered, PROMPTS, options(stub, tmp_path, concurrency=1), tmp_path / "run",
+                      judge_format="belle-page", show_progress=False)
+        math, rewrite = stub.requests
+    assert math["messages"] == [{"role": "user", "content": f"{PROMPTS['math']} 问题 a 标准回答:  模型回答：'  2 '。"
+                                                            "请针对模型回答给出得分，顺便给出理由："}]
+    assert rewrite["messages"][0]["content"] == f"{PROMPTS['rewrite']} 问题 b  模型回答： 'x'。请针对模型回答给出得分，顺便给出理由："
+    assert (math["temperature"], math["max_tokens"]) == (0.0, 3000)
+    info = json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))
+    assert (info["judge_format"], info["max_tokens"], info["temperature"]) == ("belle-page", 3000, 0.0)
+    records = read_judgments(tmp_path / "run" / "judgments.jsonl")
+    assert [r["score"] for r in records] == [0.9, 0.9]  # the first score of the reply, not the reason's "1分"
+    assert build_report(tmp_path / "run", bootstrap=0).judge_format == "belle-page"
+
+
+def test_the_judge_format_is_pinned_and_an_old_run_json_means_delimited(tmp_path):
+    answered = read_answers(write_answers(tmp_path / "answers.jsonl", {"a": ("math", "x")}))
+    run = tmp_path / "run"
+    run.mkdir()
+    with serve_stub("得分: 0.5") as stub:
+        old = {"judge": "judge", "judge_base_url": stub.url, "prompts_sha1": "", "temperature": 0.0, "max_tokens": 1024}
+        (run / "run.json").write_text(json.dumps(old), encoding="utf-8")  # written before formats
+        opts = options(stub, tmp_path)
+        score_answers(answered, PROMPTS, opts, run, show_progress=False)  # delimited: the same settings
+        assert json.loads((run / "run.json").read_text(encoding="utf-8"))["judge_format"] == "delimited"
+        with pytest.raises(UsageError, match="judge_format 'delimited' -> 'belle-page'.*max_tokens 1024 -> 3000"
+                                             ".*--max-tokens follows --judge-format"):
+            score_answers(answered, PROMPTS, opts, run, judge_format="belle-page")
+        with pytest.raises(UsageError, match="--judge-format must be one of delimited, belle-page, not 'belle'"):
+            score_answers(answered, PROMPTS, opts, tmp_path / "other", judge_format="belle")
+        assert stub.calls == 1
+
+
+def test_judge_params_follow_the_format():
+    assert judge_params(1, None, None) == {"temperature": 0.0, "max_tokens": 1024}
+    assert judge_params(1, None, None, "belle-page") == {"temperature": 0.0, "max_tokens": 3000}
+    assert judge_params(3, None, None, "belle-page") == {"temperature": 0.7, "max_tokens": 3000}
+    assert judge_params(1, 0.3, 500, "belle-page") == {"temperature": 0.3, "max_tokens": 500}
+
+
+def test_a_completion_judge_gets_the_belle_page_text_as_it_is(tmp_path):
+    answered = read_answers(write_answers(tmp_path / "answers.jsonl", {"a": ("generation", "诗")}))
+    with serve_stub("得分: 0.3") as stub:
+        score_answers(answered, PROMPTS, options(stub, tmp_path, api="completion"), tmp_path / "run",
+                      judge_format="belle-page", show_progress=False)
+        (request,) = stub.requests
+    assert request["prompt"] == f"{PROMPTS['generation']} 问题 a  模型回答： '诗'。请针对模型回答给出得分，顺便给出理由："

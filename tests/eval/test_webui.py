@@ -3,6 +3,7 @@ stub judge, driven in headless Chromium: a question by class, shuffle, paste, sc
 failure, Generate with the tiny model, an answers file with its report and downloads, a bad file,
 and an API key typed in the page that reaches the judge and no file, log or browser storage."""
 
+import dataclasses
 import json
 import random
 import shutil
@@ -20,7 +21,8 @@ from belle.cli import UsageError
 from belle.eval.answers import stream_answer
 from belle.eval.cli import main as eval_main
 from belle.eval.webui import (
-    ALL, class_choices, fenced, items_of_class, judge_one, judge_options, llm_error_message, question_choices,
+    ALL, class_choices, fenced, find_question, items_of_class, judge_one, judge_options, llm_error_message,
+    question_choices,
     question_text, score_file, shuffle_pick, verdict_markdown,
 )
 from belle.llm import LLMError, LLMOptions
@@ -106,6 +108,20 @@ def test_question_text_shows_every_turn(items):
     assert question_text(multi) == f"[Turn 1] {multi.turns[0]}\n\n[Turn 2] {multi.turns[1]}"
 
 
+def test_find_question_by_id_or_exact_text(items):
+    single = next(item for item in items if item.id == "zh-open_qa-01")
+    multi = next(item for item in items if item.id == "zh-open_qa-07")
+    assert find_question(items, single.id) is single and find_question(items, single.turns[0]) is single
+    assert find_question(items, question_text(multi)) is multi
+    with pytest.raises(UsageError, match="no question with id or text 'zh-open_qa-0'"):
+        find_question(items, "zh-open_qa-0")
+    with pytest.raises(UsageError, match="no question with id or text"):
+        find_question(items, single.turns[0] + " ")  # exact text only
+    twice = [single, dataclasses.replace(single, id="copy", klass="generation")]
+    with pytest.raises(UsageError, match="2 questions have the text .*ids zh-open_qa-01, copy"):
+        find_question(twice, single.turns[0])
+
+
 def test_verdict_shows_the_score_and_reason_or_the_raw_reply():
     record = {"score": 0.7, "reason": REASON, "raw": f"{REASON}\n得分: 0.7", "prompt_tokens": 120,
               "completion_tokens": 20, "cached": False}
@@ -147,6 +163,11 @@ def test_judge_one_uses_the_typed_key_or_the_environment(items, prompts, stub, m
         judge_one(item, "x", prompts, judge_options(options, "", stub.url))
     with pytest.raises(KeyError, match="no judge prompt for class 'math'"):
         judge_one(item, "x", {"code": "评分标准"}, options)
+    judge_one(item, "答案是 42。", prompts, options, KEY, judge_format="belle-page")
+    sent = stub.requests[-1]
+    assert sent["messages"] == [{"role": "user", "content": f"{prompts['math']} {item.turns[0]} 标准回答:{item.std_answer}"
+                                                            "  模型回答：' 答案是 42。'。请针对模型回答给出得分，顺便给出理由："}]
+    assert (sent["temperature"], sent["max_tokens"]) == (0.0, 3000)
 
 
 def test_a_refused_typed_key_is_named_as_such(items, prompts):
@@ -231,6 +252,9 @@ def test_bad_set_or_flags_are_usage_errors(tmp_path, capsys):
     assert "none.jsonl" in capsys.readouterr().err
     assert eval_main(argv + ["--max-new-tokens", "0"]) == 2
     assert "max_new_tokens must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        eval_main(argv + ["--judge-format", "belle"])
+    assert e.value.code == 2 and "invalid choice: 'belle'" in capsys.readouterr().err
 
 
 # The real CLI, in headless Chromium.
@@ -245,6 +269,7 @@ def web(tiny_model_dir, stub):
         with start_cli("eval", "webui", "--judge-model", "judge", "--judge-base-url", stub.url,
                        "--judge-api-key-env", "BELLE_TEST_NO_SUCH_KEY", "--judge-cache", str(root / "cache.sqlite"),
                        "--model", str(tiny_model_dir), "--max-new-tokens", "8", "--workdir", str(root / "work"),
+                       "--judge-format", "delimited",
                        env={"GRADIO_TEMP_DIR": str(root / "gradio")}) as server:
             yield SimpleNamespace(url=server.url, root=root, work=root / "work", log=server.log)
     finally:
@@ -351,6 +376,13 @@ def test_browser_question_by_class_shuffle_and_score(page, stub, items):
     verdict = score_answer(page, "NOSCORE")
     assert "No score" in verdict and NO_SCORE in verdict and "Score: 0" not in verdict
     assert stub.requests[-1]["_headers"]["authorization"] == "Bearer EMPTY"  # no key typed, none in the env
+    assert len(stub.requests[-1]["messages"]) == 2  # the page started with --judge-format delimited
+
+    choose(page, "judge-format", "belle-page")
+    assert "Score: 0.70" in score_answer(page, "答案是 43。")
+    (message,) = stub.requests[-1]["messages"]
+    assert message["role"] == "user" and message["content"].endswith("模型回答：' 答案是 43。'。请针对模型回答给出得分，顺便给出理由：")
+    assert stub.requests[-1]["max_tokens"] == 3000
 
 
 @pytest.mark.slow

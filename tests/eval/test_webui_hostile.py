@@ -1,6 +1,6 @@
 """The scoring page and the eval verbs against a hostile visitor or hostile settings: a visitor's
-judge URL with no key of their own (called as Gradio calls the page's functions, and as one raw
-POST to /gradio_api/queue/join), files of the working folder fetched through /gradio_api/file=,
+judge URL with no key of their own (called as Gradio calls the page's functions, as one raw POST
+to /gradio_api/queue/join, and through the /score API endpoint with gradio_client), files of the working folder fetched through /gradio_api/file=,
 an oversized upload, and a base URL holding a password or an API key. Two capturing loopback
 judges record every Authorization header they receive."""
 
@@ -14,7 +14,7 @@ import pytest
 from belle.cli import UsageError
 from belle.eval.answers import read_answers
 from belle.eval.cli import main as eval_main
-from belle.eval.judging import default_judge_prompts_path, read_judge_prompts
+from belle.eval.judging import default_judge_prompts_path, judge_messages, read_judge_prompts
 from belle.eval.scoring import score_answers
 from belle.eval.webui import build_app, judge_options, serve, upload_limit_bytes
 from belle.llm import LLMFatalError, LLMOptions
@@ -164,13 +164,48 @@ def call(url: str, fn: int, data: list, timeout_s: float = 60) -> list:
 def test_raw_post_with_a_visitor_url_sends_the_operators_key_nowhere(served, items, operator, visitor):
     app, url, _ = served
     before_operator, before_visitor = len(operator.requests), len(visitor.requests)
-    (verdict,) = call(url, fn_index(app, "score"), [items[0].id, "答案三。", "judge", visitor.url, ""])
+    (verdict,) = call(url, fn_index(app, "score"), [items[0].id, "答案三。", "judge", visitor.url, "", "delimited"])
     assert "needs your own API key" in verdict
     assert len(visitor.requests) == before_visitor and len(operator.requests) == before_operator
-    (verdict,) = call(url, fn_index(app, "score"), [items[0].id, "答案三。", "judge", "", ""])
+    (verdict,) = call(url, fn_index(app, "score"), [items[0].id, "答案三。", "judge", "", "", "delimited"])
     assert "needs your own API key" in verdict  # empty means OpenAI's, not the operator's URL
-    (verdict,) = call(url, fn_index(app, "score"), [items[0].id, "答案三。", "judge", operator.url, ""])
+    (verdict,) = call(url, fn_index(app, "score"), [items[0].id, "答案三。", "judge", operator.url, "", "delimited"])
     assert "Score: 0.60" in verdict and keys_seen(operator)[-1] == f"Bearer {OPERATOR_KEY}"
+    assert OPERATOR_KEY not in "".join(keys_seen(visitor))
+
+
+@pytest.mark.slow
+def test_score_endpoint_with_gradio_client(served, items, operator, visitor):
+    from gradio_client import Client
+
+    _, url, _ = served
+    client = Client(url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/score"] and api["unnamed_endpoints"] == {}  # the page's own stay private
+    item = items[0]
+    before, before_visitor = len(operator.requests), len(visitor.requests)
+    assert client.predict(item.id, "答案。", api_name="/score") == (0.6, "可以。", REPLY)
+    assert client.predict(item.turns[0], "答案。", judge_format="belle-page", api_name="/score") == (0.6, "可以。", REPLY)
+    delimited, page = operator.requests[before:]
+    assert len(delimited["messages"]) == 2 and delimited["max_tokens"] == 1024
+    assert page["messages"] == judge_messages(item, "答案。", read_judge_prompts(default_judge_prompts_path()), "belle-page")
+    assert (page["temperature"], page["max_tokens"]) == (0.0, 3000)
+    assert keys_seen(operator)[before:] == [f"Bearer {OPERATOR_KEY}"] * 2
+
+    for args, message in [
+        (("no such question", "答案。"), "no question with id or text 'no such question'"),
+        ((item.id, "  "), "the answer is empty"),
+        ((item.id, "答案。", "judge", "", "", "belle"), "--judge-format must be one of delimited, belle-page"),
+        ((item.id, "答案。", "judge", visitor.url), "needs your own API key"),
+        ((item.id, "答案。", "judge", visitor.url, "   "), "needs your own API key"),
+    ]:
+        with pytest.raises(Exception, match=message) as refused:
+            client.predict(*args, api_name="/score")
+        assert OPERATOR_KEY not in str(refused.value)
+    assert len(operator.requests) == before + 2 and len(visitor.requests) == before_visitor
+
+    assert client.predict(item.id, "答案。", "judge", visitor.url, VISITOR_KEY, api_name="/score")[0] == 0.6
+    assert keys_seen(visitor)[before_visitor:] == [f"Bearer {VISITOR_KEY}"]  # the visitor's own key only
     assert OPERATOR_KEY not in "".join(keys_seen(visitor))
 
 
@@ -192,7 +227,7 @@ def test_files_only_from_the_session_and_uploads_capped(served, items, operator,
     assert uploaded.status_code == 200, uploaded.text
     (server_path,) = uploaded.json()
     answers = {"path": server_path, "orig_name": "mine.jsonl", "meta": {"_type": "gradio.FileData"}}
-    status, report, chart, files = call(url, fn_index(app, "score_upload"), [answers, 1, "judge", operator.url, ""])
+    status, report, chart, files = call(url, fn_index(app, "score_upload"), [answers, 1, "judge", operator.url, "", "delimited"])
     assert "2 judged" in (status["value"] if isinstance(status, dict) else status)
     (run_dir,) = [d for d in workdir.iterdir() if "mine" in d.name]
     names = [f["orig_name"] for f in files]

@@ -67,8 +67,8 @@ def test_a_quantized_folder_is_refused_before_loading(belle_main, tmp_path):
     folder.mkdir()
     config = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
     (folder / "config.json").write_text(json.dumps(config))
-    line = error_line(belle_main("export", "gguf", "--model", folder, "--out", tmp_path / "m.gguf"))
-    assert f"{folder}: a quantized model" in line and "quant_method gptq" in line and "float model" in line
+    line = error_line(belle_main("export", "gguf", "--model", folder, "--out", tmp_path / "m.gguf", "--type", "q5_0"))
+    assert f"{folder}: GPTQ 4-bit group size 128" in line and "would re-round" in line and "float model" in line
 
 
 def test_a_failing_llama_cpp_quantizer_is_one_line(tmp_path):
