@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from belle.cli import UsageError
-from belle.eval.report import JUDGMENTS, class_order, item_scores, only_in_lines, read_judgments, save_figure_atomic
+from belle.eval.report import (JUDGMENTS, answer_hashes, class_order, item_scores, only_in_lines, read_judgments,
+                               save_figure_atomic)
 from belle.records import DataError, write_text_atomic
 
 RESULTS = "agree.json"
@@ -88,8 +89,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, tuple[str, float | None, int]], 
         raise UsageError(str(e)) from None
     if not judgments:
         raise UsageError(f"{run_dir / JUDGMENTS}: no judgments")
-    hashes = {r["id"]: r["answer_sha1"] for r in judgments if isinstance(r.get("answer_sha1"), str)}
-    return item_scores(judgments), hashes
+    return item_scores(judgments), answer_hashes(run_dir)
 
 
 def agreement_results(run_a: Path, run_b: Path) -> dict[str, Any]:

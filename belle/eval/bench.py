@@ -13,6 +13,12 @@ evaluated on its own and saved as soon as it finishes; a re-run skips the tasks 
 (whose settings, lm-eval version and loaded dtype and device must match), so a killed run loses at most
 the task in progress. A group without an aggregate score of its own is shown as its subtasks; a tag
 (a list of tasks that lm-eval scores one by one) is refused: name its tasks.
+
+A run folder holds one model: bench refuses a folder whose run.json names another model's answers
+(compared by name: `--name`, default the folder's name or the .gguf file's stem, as `belle eval generate`
+names answers). Every input is checked before the model loads: the task names, every task's dataset
+(a dataset missing offline, or one that still needs a loading script, which datasets 4+ no longer runs)
+and the --output folder.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import difflib
 import json
 import logging
 import math
+import os
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +52,8 @@ OFFLINE_HINT = ("on a machine with internet, download it once (e.g. `hf download
 
 def bench(*, model: Path, tasks: list[str], output: Path, limit: int | None = None, num_fewshot: int | None = None,
           batch_size: int = 8, include_path: list[Path] | None = None, template: str | None = None,
-          apply_chat_template: bool | None = None, base: Path | None = None, load: LoadOptions = LoadOptions()) -> int:
+          apply_chat_template: bool | None = None, base: Path | None = None, name: str | None = None,
+          load: LoadOptions = LoadOptions()) -> int:
     """Run lm-evaluation-harness benchmarks (ceval-valid, cmmlu, mmlu, ...) on a model, in process.
 
     Writes OUTPUT/bench.json and bench.md and prints the table; `belle eval report OUTPUT` shows the
@@ -63,6 +72,8 @@ def bench(*, model: Path, tasks: list[str], output: Path, limit: int | None = No
         template: prompt template for generative tasks; default: the model's belle.json, else its chat_template.
         apply_chat_template: wrap prompts in the template; default: only for generative tasks.
         base: base model folder for a LoRA adapter whose recorded base path is elsewhere.
+        name: the model's name, checked against the answers' in OUTPUT/run.json (a run folder holds one model);
+            default: the folder's name, or the .gguf file's stem, as `belle eval generate` names answers.
     """
     names = [name for entry in tasks for name in entry.split(",") if name.strip()]
     names = list(dict.fromkeys(name.strip() for name in names))
@@ -76,18 +87,22 @@ def bench(*, model: Path, tasks: list[str], output: Path, limit: int | None = No
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     if not Path(model).exists():
         raise UsageError(f"{model}: no such model folder or .gguf file")
+    _check_output(output)
+    name = name or model_name(model)
+    _check_run_model(output, name)
     lm_eval = _import_lm_eval()
     settings = {"model": str(model), "base": None if base is None else str(base), "limit": limit,
                 "num_fewshot": num_fewshot, "template": template, "apply_chat_template": apply_chat_template,
                 "include_path": [str(p) for p in include_path or []], "dtype": load.dtype, "device": load.device}
-    done = _resume(output, settings, lm_eval_version())
-    pending = [name for name in names if name not in done["tasks"]]
-    for name in names:
-        if name in done["tasks"]:
-            print(f"{name}: already in {output / BENCH}, not rerun")
+    done = {**_resume(output, settings, lm_eval_version()), "name": name}
+    pending = [task for task in names if task not in done["tasks"]]
+    for task in names:
+        if task in done["tasks"]:
+            print(f"{task}: already in {output / BENCH}, not rerun")
     if pending:
         manager = task_manager(include_path or [])
         _check_names(manager, pending)
+        loaded_tasks = {task: _load_task(manager, task) for task in pending}  # datasets read before the model loads
         lm = load_lm(model, batch_size=batch_size, template=template, base=base, load=load)
         try:
             loaded_as = _loaded_as(lm)
@@ -95,17 +110,16 @@ def bench(*, model: Path, tasks: list[str], output: Path, limit: int | None = No
                 raise UsageError(f"{output / BENCH}: its tasks ran on {_describe(done['loaded'])}, this model loads "
                                  f"on {_describe(loaded_as)}; give --dtype and --device to match, or another --output")
             done["loaded"] = loaded_as
-            for name in pending:
-                loaded = _load_task(manager, name)
+            for task, loaded in loaded_tasks.items():
                 chat = apply_chat_template if apply_chat_template is not None else _generative(loaded)
-                results = lm_eval.simple_evaluate(model=lm, tasks=_top_level(loaded, name), task_manager=manager,
+                results = lm_eval.simple_evaluate(model=lm, tasks=_top_level(loaded, task), task_manager=manager,
                                                   limit=limit, num_fewshot=num_fewshot, apply_chat_template=chat,
                                                   fewshot_as_multiturn=chat, batch_size=batch_size)
-                done["tasks"][name] = task_metrics(results["results"][name])
-                done["subtasks"][name] = {sub: task_metrics(figures) for sub, figures in results["results"].items()
-                                          if sub != name}
-                done["chat_template"][name] = chat
-                done["n_samples"][name] = results.get("n-samples", {}).get(name, {}).get("effective")
+                done["tasks"][task] = task_metrics(results["results"][task])
+                done["subtasks"][task] = {sub: task_metrics(figures) for sub, figures in results["results"].items()
+                                          if sub != task}
+                done["chat_template"][task] = chat
+                done["n_samples"][task] = results.get("n-samples", {}).get(task, {}).get("effective")
                 _save(output, done)
         finally:
             if hasattr(lm, "close"):
@@ -193,9 +207,27 @@ def shown_tasks(data: dict[str, Any]) -> dict[str, tuple[str, dict[str, float]]]
 
 
 def bench_rows(data: dict[str, Any]) -> dict[str, float]:
-    """Row label -> value for the report: `"TASK METRIC"` for every metric but the stderrs."""
-    return {f"{label} {metric}": value for label, (_, metrics) in shown_tasks(data).items()
+    """Row label -> value for the report: `"TASK METRIC"` for every metric but the stderrs, tagged when
+    the run was not a task's full default (`"cmmlu acc (limit 4, 5-shot)"`), so such a figure gets a row
+    of its own rather than one beside full runs'."""
+    tag = settings_tag(data.get("settings") or {})
+    return {f"{label} {metric}{tag}": value for label, (_, metrics) in shown_tasks(data).items()
             for metric, value in metrics.items() if not metric.endswith("_stderr")}
+
+
+def settings_tag(settings: dict[str, Any]) -> str:
+    """`" (limit N, K-shot)"` for a run with --limit and --num-fewshot, either alone, or "" for neither."""
+    parts = [f"limit {settings['limit']}"] if settings.get("limit") is not None else []
+    parts += [f"{settings['num_fewshot']}-shot"] if settings.get("num_fewshot") is not None else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def model_name(model: Path | str) -> str:
+    """The name `belle eval generate` gives a model's answers by default: a .gguf file's stem, a folder's name."""
+    from belle.llamacpp import is_gguf
+
+    path = Path(model).resolve()
+    return path.stem if is_gguf(path) else path.name
 
 
 def bench_markdown(data: dict[str, Any]) -> str:
@@ -247,13 +279,53 @@ def _unknown_message(name: str, known: list[str]) -> str:
 
 
 def _load_task(manager: Any, name: str) -> dict[str, Any]:
-    """lm-eval's load of one task, group or tag (which reads its dataset); a dataset missing offline is a UsageError."""
+    """lm-eval's load of one task, group or tag (which reads its dataset); a dataset missing offline, or
+    one that needs a loading script, is a UsageError."""
     try:
         return manager.load([name])
     except Exception as e:  # datasets raises many kinds (ConnectionError, DatasetNotFoundError, FileNotFoundError, ...)
+        if isinstance(e, RuntimeError) and "Dataset scripts are no longer supported" in str(e):
+            task, dataset = _failed_load(e)
+            raise UsageError(f"{name}: {'' if task in (None, name) else f'its task {task}: '}its dataset "
+                             f"{dataset or '(unnamed)'} needs a loading script, which datasets 4 and later no longer run; "
+                             "give a converted copy (parquet or json files) through a task YAML in --include-path "
+                             "with dataset_path and data_files; see eval/README.md") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(f"{name}: cannot load its dataset ({type(e).__name__}: {first[:200]}); "
                          + OFFLINE_HINT.replace("TASK", name)) from None
+
+
+def _failed_load(error: BaseException) -> tuple[str | None, str | None]:
+    """(the lm-eval task, the dataset path) whose `datasets.load_dataset` call raised `error`, read from
+    its traceback's frames; None for what they do not show."""
+    task = dataset = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        module = frame.f_globals.get("__name__", "")
+        if module == "datasets.load" and frame.f_code.co_name == "load_dataset" and dataset is None:
+            dataset = str(frame.f_locals.get("path"))
+        config = getattr(frame.f_locals.get("self"), "config", None)
+        if module.startswith("lm_eval") and isinstance(getattr(config, "task", None), str):
+            task = config.task
+    return task, dataset
+
+
+def _check_output(output: Path) -> None:
+    """UsageError unless `output` is a folder, or can become one, that this user may write in."""
+    existing = next(p for p in (output, *output.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UsageError(f"--output {output}: {existing} is a file, not a folder; give a run folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output}: cannot write in {existing}")
+
+
+def _check_run_model(output: Path, name: str) -> None:
+    """UsageError when OUTPUT/run.json names another model's answers than `name`."""
+    from belle.eval.report import RUN_INFO, read_run_info
+
+    theirs = read_run_info(output).get("model") if (output / RUN_INFO).is_file() else None
+    if theirs is not None and str(theirs) != name:
+        raise UsageError(f"{output / RUN_INFO}: the run's answers are {theirs!r}'s, this model is {name!r}; a run "
+                         "folder holds one model: give another --output, or --name if it is the same model")
 
 
 def _generative(loaded: dict[str, Any]) -> bool:

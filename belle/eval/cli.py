@@ -96,7 +96,9 @@ def score(*, answers: Path, judge: LLMOptions, output: Path, prompts: Path | Non
         max_tokens: the longest judge reply, in tokens; default 1024, 3000 with --judge-format belle-page.
         judge_format: the judge's messages: delimited (ours: the class prompt as system message, the question,
             reference and answer in marked blocks, a closing score line) or belle-page (BELLE's scoring page's
-            one user message byte for byte, temperature 0, max_tokens 3000: for scores set beside BELLE's tables).
+            one user message, temperature 0, max_tokens 3000: for scores set beside BELLE's tables; byte for byte
+            for one-line answers, since the page's answer box holds no line breaks and belle sends a multi-line
+            answer as it is).
     """
     answered = read_answers(answers)
     prompts_path = prompts or default_judge_prompts_path()
@@ -169,7 +171,8 @@ def run(*, options: AnswerOptions, judge: LLMOptions, output: Path, eval_set: Pa
         samples: judge samples per answer, averaged.
         judge_temperature: judge sampling temperature; default 0 for one sample, 0.7 for several.
         judge_max_tokens: the longest judge reply, in tokens; default 1024, 3000 with --judge-format belle-page.
-        judge_format: the judge's messages: delimited (ours) or belle-page (BELLE's scoring page's, byte for byte).
+        judge_format: the judge's messages: delimited (ours) or belle-page (BELLE's scoring page's; byte for byte
+            for one-line answers, a multi-line answer is sent as it is, line breaks the page cannot hold included).
     """
     items = _load_items(eval_set, limit)
     answers = output / ANSWERS

@@ -6,8 +6,9 @@ serve its `open qa` / `closed qa` items.
 
 Scoring has two message formats (`JUDGE_FORMATS`, see `judge_messages`): "delimited", ours, asks
 the judge to reason first and to end with one line `得分: x`, x in 0..1; "belle-page" is the one
-user message BELLE's scoring page (eval/template_html/ChatGPT_Score.html.temp) sends, byte for byte,
-so scores can be set beside BELLE's published tables. `parse_score` reads the score from the reply
+user message BELLE's scoring page (eval/template_html/ChatGPT_Score.html.temp) sends, byte for byte
+for one-line answers (the page's answer box holds no line breaks; a multi-line answer is sent as it
+is), so scores can be set beside BELLE's published tables. `parse_score` reads the score from the reply
 of either, and the usual variants judges write instead.
 
 Pairwise: the judge sees two answers and ends with `[[A]]`, `[[B]]` or `[[C]]` (a tie), see
@@ -133,6 +134,13 @@ def question_and_reference(item: EvalItem, no_reference: str) -> str:
             f"【标准答案 开始】\n{reference}\n【标准答案 结束】\n\n")
 
 
+def check_judge_format(judge_format: str) -> None:
+    """`ValueError` unless `judge_format` is one of `JUDGE_FORMATS` (the message names --judge-format,
+    as users choose it)."""
+    if judge_format not in JUDGE_FORMATS:
+        raise ValueError(f"--judge-format must be one of {', '.join(JUDGE_FORMATS)}, not {judge_format!r}")
+
+
 def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str],
                    format: str = "delimited") -> list[dict[str, str]]:
     """The judge's chat about `answer` to `item`, with the prompt of the item's class.
@@ -144,10 +152,9 @@ def judge_messages(item: EvalItem, answer: str, prompts: dict[str, str],
     "belle-page": the one user message of `belle_page_message`.
 
     Raise `KeyError` naming the class when `prompts` has none for it, `ValueError` for an unknown
-    format.
+    format (`check_judge_format`).
     """
-    if format not in JUDGE_FORMATS:
-        raise ValueError(f"unknown judge format {format!r}; choose from {', '.join(JUDGE_FORMATS)}")
+    check_judge_format(format)
     prompt = prompt_for(item, prompts)
     if format == "belle-page":
         return [{"role": "user", "content": belle_page_message(item, answer, prompt)}]

@@ -17,8 +17,8 @@ win_rate_a = (wins_a + 0.5 * (ties + inconsistent)) / (n - failed), n the items 
 OUTPUT/pairwise.jsonl gets one line per judged item as soon as both its replies are in, so a
 killed run resumes where it stopped and a finished one makes no call again:
 
-    {"id", "class", "verdict_ab", "verdict_ba", "result", "raw_ab", "raw_ba",
-     "len_a", "len_b", "prompt_tokens", "completion_tokens", "cached"}
+    {"id", "class", "verdict_ab", "verdict_ba", "result", "raw_ab", "raw_ba", "len_a", "len_b",
+     "answer_sha1_a", "answer_sha1_b", "prompt_tokens", "completion_tokens", "cached"}
 
 `verdict_ab` / `verdict_ba` are the models the two orders picked ("A", "B", "tie", or null when
 the reply had no verdict), already mapped back from positions; `raw_*` are the judge's replies;
@@ -27,6 +27,11 @@ counts 0: it cost nothing this time); `cached` is how many of its two replies ca
 `len_a` / `len_b` are the answers' lengths in characters after strip (files written before they
 existed lack them: those items are left out of the length figures and counted, never given the
 lengths of the answers files as they are now, which may have changed since they were judged).
+`answer_sha1_*` are `belle.eval.scoring.answer_hash`es of the two answers judged: a re-run after
+an answer changed is refused rather than mixing old verdicts into new results (records written
+before the hashes were stored are taken as they are). OUTPUT/run.json pins the judge, its base URL,
+temperature and max tokens (`PINNED`, checked by `belle.eval.scoring.pin_run_info`, as `belle eval
+score` does), so verdicts of two judges never land in one result.
 
 Length bias (judges favour longer answers; alpaca_eval's length-controlled win rate is built on
 it), from the combined results: among decisive items (won by A or B) whose answers differ in
@@ -53,11 +58,13 @@ from belle.eval.answers import Answered, read_answers
 from belle.eval.evalset import EvalItem
 from belle.eval.judging import Verdict, pairwise_messages, parse_verdict
 from belle.eval.report import class_order, only_in_lines, save_figure_atomic
-from belle.eval.scoring import ask_judge
+from belle.eval.scoring import answer_hash, ask_judge, pin_run_info
 from belle.llm import LLMClient, LLMError, LLMFatalError, LLMOptions, Reply, cost_usd, fan_out, resume_message
 from belle.records import DataError, jsonl, write_text_atomic
 
 Result = Literal["A", "B", "tie", "inconsistent", "failed"]
+# run.json settings a resumed run must share: mixing verdicts of two judges or decodings is refused
+PINNED = ("mode", "judge", "judge_base_url", "temperature", "max_tokens")
 
 JUDGMENTS = "pairwise.jsonl"
 RESULTS = "pairwise.json"
@@ -202,14 +209,15 @@ def pairwise(
     """Compare two models' answers with a judge, each item in both orders, and report win rates.
 
     Items are matched by id; those in only one file are counted, not judged. Writes
-    OUTPUT/pairwise.jsonl (one line per judged item, for resuming), OUTPUT/pairwise.json (counts
-    and win rates per class and overall), OUTPUT/pairwise.md and OUTPUT/pairwise.png. Exit code 1
-    when judge calls failed for good: a re-run judges the items they left.
+    OUTPUT/pairwise.jsonl (one line per judged item, for resuming), OUTPUT/run.json (the judge's
+    settings), OUTPUT/pairwise.json (counts and win rates per class and overall), OUTPUT/pairwise.md
+    and OUTPUT/pairwise.png. Exit code 1 when judge calls failed for good: a re-run judges the items
+    they left.
 
     Args:
         answers_a: answers file of model A (JSON lines from `belle eval generate`).
         answers_b: answers file of model B, same format.
-        output: folder for the results; a re-run with the same folder resumes.
+        output: folder for the results; a re-run with the same folder, judge settings and answers resumes.
         max_tokens: longest judge reply, in tokens.
         temperature: judge sampling temperature.
         limit: judge only the first LIMIT items both files answer (in A's order).
@@ -234,8 +242,13 @@ def pairwise(
         done = {r["id"]: r for r in (_checked(r, k) for k, r in enumerate(jsonl.resume_records(path), 1))}
     except DataError as e:
         raise UsageError(f"{path}: {e}") from None
-    todo = [pair for pair in pairs if pair[0].id not in done]
+    check_unchanged(pairs, done, path)
     params = {"temperature": temperature, "max_tokens": max_tokens}
+    pin_run_info(Path(output), {"mode": "pairwise", "judge": judge.model, "judge_base_url": judge.base_url, **params,
+                                "model_a": names[0], "model_b": names[1],
+                                "price_input": judge.price_input, "price_output": judge.price_output},
+                 PINNED, verb="judge")
+    todo = [pair for pair in pairs if pair[0].id not in done]
     failures: Counter[str] = Counter()
     if todo:  # nothing left: no client, so a finished run needs neither the key nor the endpoint
         try:
@@ -257,6 +270,19 @@ def pairwise(
               "re-run the same command to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def check_unchanged(pairs: list[tuple[EvalItem, str, str]], done: dict[str, dict[str, Any]], path: Path) -> None:
+    """Raise `UsageError` when an answer of `pairs` differs from the one its record in `done` was
+    judged on (`answer_sha1_a` / `answer_sha1_b`); records written before hashes were stored have
+    none and are taken as they are."""
+    changed = [(item.id, side) for item, answer_a, answer_b in pairs if item.id in done
+               for side, answer in (("a", answer_a), ("b", answer_b))
+               if done[item.id].get(f"answer_sha1_{side}", answer_hash(answer)) != answer_hash(answer)]
+    if changed:
+        item_id, side = changed[0]
+        raise UsageError(f"{len(changed)} answer(s) changed since {path} judged them (e.g. {side.upper()}'s answer "
+                         f"to id {item_id!r}); judge into a new --output")
 
 
 def _read(path: Path) -> list[Answered]:
@@ -366,6 +392,7 @@ async def judge_pair(client: LLMClient, item: EvalItem, answer_a: str, answer_b:
         "id": item.id, "class": item.klass, "verdict_ab": pick_ab, "verdict_ba": pick_ba,
         "result": combine(pick_ab, pick_ba), "raw_ab": ab.text, "raw_ba": ba.text,
         "len_a": len(answer_a.strip()), "len_b": len(answer_b.strip()),
+        "answer_sha1_a": answer_hash(answer_a), "answer_sha1_b": answer_hash(answer_b),
         "prompt_tokens": sum(r.prompt_tokens for r in made),
         "completion_tokens": sum(r.completion_tokens for r in made),
         "cached": 2 - len(made),

@@ -27,6 +27,9 @@ How the figures are made:
   macro average: this is a property of the judge, not a class-weighted score).
 - Tokens and cost count the judge calls actually made (`cached` false), the convention of
   `belle.llm.Usage`: a reply served from the cache cost nothing this time.
+- Benchmarks (`bench.json` of `belle eval bench`): a row per task and metric, tagged with the run's
+  `--limit` / `--num-fewshot` when given (`bench_rows`), so a partial run never shares a row with a
+  full one.
 - Several runs: judge formats are compared over the runs with judgments only (a benchmarks-only
   run has none); runs that judged the same answers (equal `answer_sha1` on every common item) get
   a line pointing to `belle eval agree` (`agree_hints`), which correlates their judges.
@@ -358,7 +361,7 @@ def build_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, confide
         samples=len(judgments),
         cached=len(judgments) - len(made),
         confidence=confidence,
-        model=_str_or_none(info.get("model") or (bench or {}).get("model")),
+        model=_run_model(info, bench),
         judge=_str_or_none(info.get("judge")),
         samples_per_item=max(per_item.values(), default=1),
         sample_sd=overall.sd,
@@ -373,6 +376,17 @@ def build_report(run_dir: Path, *, bootstrap: int = 1000, seed: int = 0, confide
 def _class_seed(seed: int, klass: str) -> list[int]:
     # crc32, not hash(): str hashes change from one process to the next
     return [seed, zlib.crc32(klass.encode("utf-8"))]
+
+
+def _run_model(info: dict[str, Any], bench: dict[str, Any] | None) -> str | None:
+    """run.json's model (the answers'), else bench.json's; both when bench.json's `name` (written by
+    bench since it compares names) is not the answers' model, as a folder benchmarked first and
+    scored on another model's answers after would show."""
+    answers = _str_or_none(info.get("model"))
+    if answers is None:
+        return _str_or_none((bench or {}).get("model"))
+    benched = (bench or {}).get("name")
+    return f"{answers} (benchmarks: {benched})" if isinstance(benched, str) and benched != answers else answers
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -415,15 +429,34 @@ def _cell(result: ClassResult | None) -> str:
     return text
 
 
+def _row(label: str, cells: Iterable[str]) -> str:
+    return "| " + " | ".join([label, *(c.replace("|", "\\|") for c in cells)]) + " |"
+
+
 def report_markdown(reports: list[RunReport], notes: Sequence[str] = ()) -> str:
-    """The markdown table of `reports`: a row per class (mean [CI] (n)), then the summary rows,
-    then `notes` (e.g. `agree_hints`), a line each."""
+    """The markdown table of `reports`: a row per class (mean [CI] (n)), then the summary rows, the
+    benchmark rows and the sample spread rows, then `notes` (e.g. `agree_hints`), a line each; runs
+    with benchmarks only get the benchmark rows alone."""
+    if all(r.samples == 0 for r in reports) and any(r.benchmarks for r in reports):
+        lines = ["# Eval report", "", _row("benchmark", (r.name for r in reports)), "|" + "---|" * (len(reports) + 1),
+                 *([_row("model", (r.model or "—" for r in reports))] if any(r.model for r in reports) else []),
+                 *_benchmark_rows(reports)]
+    else:
+        lines = _judged_lines(reports)
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _benchmark_rows(reports: list[RunReport]) -> list[str]:
+    return [_row(label, (_f(r.benchmarks.get(label)) for r in reports))
+            for label in dict.fromkeys(label for r in reports for label in r.benchmarks)]
+
+
+def _judged_lines(reports: list[RunReport]) -> list[str]:
+    """The report's lines for runs with judgments: header, judge rows, benchmark rows, spread rows."""
     levels = sorted({round(r.confidence * 100, 6) for r in reports})
     level = "/".join(f"{x:g}%" for x in levels)
-
-    def row(label: str, cells: Iterable[str]) -> str:
-        return "| " + " | ".join([label, *(c.replace("|", "\\|") for c in cells)]) + " |"
-
     formats = judge_formats(reports)
     mixed = ([f"Not comparable: these runs were judged with different judge message formats "
               f"({', '.join(formats)}), so their scores cannot be set side by side.", ""]
@@ -432,41 +465,35 @@ def report_markdown(reports: list[RunReport], notes: Sequence[str] = ()) -> str:
              f"Class cells: mean judge score (0..1) [{level} bootstrap interval over items] (items scored). "
              f"Score: macro average over classes; Score_w/o_others: without {' and '.join(OTHERS)}.", "",
              *(_SPREAD_NOTE if any(r.samples_per_item >= 2 for r in reports) else []),
-             row("class", (r.name for r in reports)), "|" + "---|" * (len(reports) + 1)]
+             _row("class", (r.name for r in reports)), "|" + "---|" * (len(reports) + 1)]
     if any(r.model for r in reports):
-        lines.append(row("model", (r.model or "—" for r in reports)))
+        lines.append(_row("model", (r.model or "—" for r in reports)))
     if any(r.judge for r in reports):
-        lines.append(row("judge", (r.judge or "—" for r in reports)))
+        lines.append(_row("judge", (r.judge or "—" for r in reports)))
     if formats and formats != ["delimited"]:
-        lines.append(row("judge format", (r.judge_format or "—" for r in reports)))
+        lines.append(_row("judge format", (r.judge_format or "—" for r in reports)))
     for klass in class_order(k for r in reports for k in r.classes):
-        lines.append(row(klass, (_cell(r.classes.get(klass)) for r in reports)))
+        lines.append(_row(klass, (_cell(r.classes.get(klass)) for r in reports)))
     lines += [
-        row("**Score**", (f"**{_f(r.score)}**" for r in reports)),
-        row("**Score_w/o_others**", (f"**{_f(r.score_wo_others)}**" for r in reports)),
-        row("items", (str(r.items) for r in reports)),
-        row("unscored items (parse failures)", (str(r.parse_failures) for r in reports)),
-        row("failed samples", (f"{r.failed_samples} of {r.samples}" for r in reports)),
-        row("judge tokens (prompt + completion)", (f"{r.prompt_tokens:,} + {r.completion_tokens:,}" for r in reports)),
-        row("cached samples", (str(r.cached) for r in reports)),
-        row("cost (USD)", ("—" if r.cost_usd is None else f"${r.cost_usd:,.4f}" for r in reports)),
+        _row("**Score**", (f"**{_f(r.score)}**" for r in reports)),
+        _row("**Score_w/o_others**", (f"**{_f(r.score_wo_others)}**" for r in reports)),
+        _row("items", (str(r.items) for r in reports)),
+        _row("unscored items (parse failures)", (str(r.parse_failures) for r in reports)),
+        _row("failed samples", (f"{r.failed_samples} of {r.samples}" for r in reports)),
+        _row("judge tokens (prompt + completion)", (f"{r.prompt_tokens:,} + {r.completion_tokens:,}" for r in reports)),
+        _row("cached samples", (str(r.cached) for r in reports)),
+        _row("cost (USD)", ("—" if r.cost_usd is None else f"${r.cost_usd:,.4f}" for r in reports)),
     ]
-    if all(r.samples == 0 for r in reports) and any(r.benchmarks for r in reports):
-        lines = ["# Eval report", "", row("benchmark", (r.name for r in reports)), "|" + "---|" * (len(reports) + 1),
-                 *([row("model", (r.model or "—" for r in reports))] if any(r.model for r in reports) else [])]
-    for label in dict.fromkeys(label for r in reports for label in r.benchmarks):
-        lines.append(row(label, (_f(r.benchmarks.get(label)) for r in reports)))
+    lines += _benchmark_rows(reports)
     if any(r.samples_per_item >= 2 for r in reports):
         lines += [
-            row("judge samples per item", (str(r.samples_per_item) for r in reports)),
-            row("sample SD (mean per item)", (_spread_cell(r.sample_sd, r) for r in reports)),
-            row(f"samples disagree (max - min > {DISAGREE:g})", (_share(r.sample_disagree) for r in reports)),
+            _row("judge samples per item", (str(r.samples_per_item) for r in reports)),
+            _row("sample SD (mean per item)", (_spread_cell(r.sample_sd, r) for r in reports)),
+            _row(f"samples disagree (max - min > {DISAGREE:g})", (_share(r.sample_disagree) for r in reports)),
         ]
         for klass in class_order(k for r in reports for k in r.classes):
-            lines.append(row(f"sample SD: {klass}", (_class_spread(r.classes.get(klass)) for r in reports)))
-    if notes:
-        lines += ["", *notes]
-    return "\n".join(lines) + "\n"
+            lines.append(_row(f"sample SD: {klass}", (_class_spread(r.classes.get(klass)) for r in reports)))
+    return lines
 
 
 def judge_formats(reports: Iterable[RunReport]) -> list[str]:

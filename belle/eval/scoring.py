@@ -22,9 +22,10 @@ from typing import Any, Awaitable, Callable, Sequence
 from tqdm import tqdm
 
 from belle.cli import UsageError
+from belle.eval import judging
 from belle.eval.answers import Answered
 from belle.eval.evalset import EvalItem
-from belle.eval.judging import JUDGE_FORMATS, judge_messages, missing_prompts, parse_score
+from belle.eval.judging import judge_messages, missing_prompts, parse_score
 from belle.eval.report import JUDGMENTS, RUN_INFO, read_judgments
 from belle.llm import OPENAI_BASE_URL, LLMClient, LLMError, LLMOptions, Reply, Usage, fan_out, redact_url
 from belle.records import jsonl, write_text_atomic
@@ -48,9 +49,11 @@ def judge_params(samples: int, temperature: float | None, max_tokens: int | None
 
 
 def check_judge_format(judge_format: str) -> None:
-    """`UsageError` unless `judge_format` is one of `JUDGE_FORMATS`."""
-    if judge_format not in JUDGE_FORMATS:
-        raise UsageError(f"--judge-format must be one of {', '.join(JUDGE_FORMATS)}, not {judge_format!r}")
+    """`belle.eval.judging.check_judge_format` for input from a user: its `ValueError` as a `UsageError`."""
+    try:
+        judging.check_judge_format(judge_format)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def file_sha1(path: Path) -> str:
@@ -59,6 +62,7 @@ def file_sha1(path: Path) -> str:
 
 
 def answer_hash(answer: str) -> str:
+    """The first 12 hex digits of the sha1 of `answer` (UTF-8): what a judgment keeps of the answer it saw."""
     return hashlib.sha1(answer.encode("utf-8")).hexdigest()[:12]
 
 
@@ -137,11 +141,11 @@ def score_answers(answered: Sequence[Answered], prompts: dict[str, str], judge: 
     check_prompts(answered, prompts)
     params = judge_params(samples, temperature, max_tokens, judge_format)
     models = sorted({a.model for a in answered if a.model})
-    _pin_run_info(run_dir, {
+    pin_run_info(run_dir, {
         "judge": judge.model, "prompts_sha1": prompts_sha1, "judge_format": judge_format,
         "temperature": params["temperature"], "max_tokens": params["max_tokens"], "model": ", ".join(models) or None, "judge_base_url": redact_url(judge.base_url),
         "price_input": judge.price_input, "price_output": judge.price_output,
-    })
+    }, hint=_score_hint)
     path = run_dir / JUDGMENTS
     todo = _todo(answered, path, samples)
     result = ScoreResult(skipped=len(answered) - len(todo))
@@ -151,8 +155,14 @@ def score_answers(answered: Sequence[Answered], prompts: dict[str, str], judge: 
     return result
 
 
-def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
-    """Write run.json, or check that the one there was made with the same `PINNED` settings."""
+def pin_run_info(run_dir: Path, info: dict[str, Any], pinned: Sequence[str] = PINNED, *, verb: str = "score",
+                 hint: Callable[[dict[str, Any], dict[str, Any]], str] | None = None) -> None:
+    """Write `run_dir`/run.json from `info` (which has every key of `pinned`), or check that the one
+    there was made with the same `pinned` settings and merge `info` into it.
+
+    Raise `UsageError` naming each pinned setting that differs, followed by `hint(old, info)`, and
+    telling to `verb` ("score", "judge") into a new --output; also for a run.json that is no JSON object.
+    """
     path = run_dir / RUN_INFO
     if path.exists():
         try:
@@ -160,20 +170,26 @@ def _pin_run_info(run_dir: Path, info: dict[str, Any]) -> None:
         except json.JSONDecodeError as e:
             raise UsageError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
         if not isinstance(old, dict):
-            raise UsageError(f"{path}: not a JSON object; score into a new --output")
-        changed = [f"{key} {_pinned(key, old.get(key))!r} -> {_pinned(key, info[key])!r}" for key in PINNED
+            raise UsageError(f"{path}: not a JSON object; {verb} into a new --output")
+        changed = [f"{key} {_pinned(key, old.get(key))!r} -> {_pinned(key, info[key])!r}" for key in pinned
                    if _pinned(key, old.get(key)) != _pinned(key, info[key])]
         if changed:
-            hint = ("; the default temperature is 0 for one sample and 0.7 for several"
-                    if old.get("temperature") != info["temperature"] else "")
-            if _pinned("judge_format", old.get("judge_format")) != info["judge_format"]:
-                hint += "; the default --max-tokens follows --judge-format (delimited 1024, belle-page 3000)"
-            raise UsageError(f"{run_dir} was scored with other settings ({'; '.join(changed)}{hint}); "
-                             "score into a new --output, or use the same settings to resume")
+            raise UsageError(f"{run_dir} was {verb}d with other settings ({'; '.join(changed)}"
+                             f"{hint(old, info) if hint else ''}); {verb} into a new --output, "
+                             "or use the same settings to resume")
         info = {**old, **{k: v for k, v in info.items() if v is not None}}
     info["judge_base_url"] = redact_url(info.get("judge_base_url"))  # an older run.json may hold it whole
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+
+
+def _score_hint(old: dict[str, Any], info: dict[str, Any]) -> str:
+    """Why a re-run of `belle eval score` may differ from `old` without the user asking for it."""
+    hint = ("; the default temperature is 0 for one sample and 0.7 for several"
+            if old.get("temperature") != info["temperature"] else "")
+    if _pinned("judge_format", old.get("judge_format")) != info["judge_format"]:
+        hint += "; the default --max-tokens follows --judge-format (delimited 1024, belle-page 3000)"
+    return hint
 
 
 def _pinned(key: str, value: Any) -> Any:

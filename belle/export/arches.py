@@ -7,7 +7,6 @@ one tensor at a time, with the changes llama.cpp's graph expects (see `GgufArch.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -57,14 +56,6 @@ def _permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     (pairs `(i, i + d/2)` of each head become neighbours). `weight`: (n_heads * d, ...) or (n_heads * d,)."""
     rows = weight.shape[0]
     return weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-@functools.cache
-def _name_map(model_arch: str, layers: int) -> Any:
-    """gguf-py's HF -> GGUF tensor name map of `model_arch` with `layers` blocks."""
-    import gguf
-
-    return gguf.get_tensor_name_map(gguf.MODEL_ARCH[model_arch], layers)
 
 
 @dataclass(frozen=True)
@@ -150,27 +141,37 @@ class GgufArch:
             writer.add_rope_scaling_factor(float(rope["factor"]))
             writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
 
-    def tensor_name(self, hf_name: str, config: Any) -> str | None:
-        """The GGUF name of the HF tensor `hf_name`; None for one the file leaves out (RoPE's
-        `inv_freq`; `lm_head.weight` with tied embeddings). A `UsageError` for one the map does not know."""
+    def name_map(self, config: Any) -> Any:
+        """gguf-py's HF -> GGUF tensor name map (`gguf.TensorNameMap`) for `config`'s blocks: build it
+        once per export (milliseconds per call, more with many layers) and pass it to `tensor_name`."""
+        import gguf
+
+        return gguf.get_tensor_name_map(gguf.MODEL_ARCH[self.model_arch], config.num_hidden_layers)
+
+    def tensor_name(self, hf_name: str, config: Any, name_map: Any) -> str | None:
+        """The GGUF name of the HF tensor `hf_name` by `name_map` (`name_map(config)`); None for one
+        the file leaves out (RoPE's `inv_freq`; `lm_head.weight` with tied embeddings). A
+        `UsageError` for one the map does not know."""
         tied = self.output_name(config) == "token_embd.weight"
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             return None
-        name = _name_map(self.model_arch, config.num_hidden_layers).get_name(
-            hf_name.removeprefix(self.strip), try_suffixes=(".weight", ".bias"))
+        name = name_map.get_name(hf_name.removeprefix(self.strip), try_suffixes=(".weight", ".bias"))
         if name is None:
             raise UsageError(f"GGUF export ({self.name}): no llama.cpp tensor for {hf_name}")
         return name
 
-    def tensors(self, state: dict[str, Any], config: Any) -> Iterator[tuple[str, np.ndarray]]:
+    def tensors(self, state: dict[str, Any], config: Any,
+                name_map: Any = None) -> Iterator[tuple[str, np.ndarray]]:
         """`(GGUF name, float32 array)` for each tensor of `state` (HF names, torch tensors), in
-        order, each made only when asked for. The output matrix is left out when the embeddings
-        are tied (llama.cpp then reuses `token_embd.weight`). An HF tensor the map does not know is
-        a `UsageError`: writing a file without it would give a model that computes something else."""
+        order, each made only when asked for; names by `name_map` (built here when None). The output
+        matrix is left out when the embeddings are tied (llama.cpp then reuses `token_embd.weight`).
+        An HF tensor the map does not know is a `UsageError`: writing a file without it would give a
+        model that computes something else."""
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        name_map = self.name_map(config) if name_map is None else name_map
         for hf_name, tensor in state.items():
-            name = self.tensor_name(hf_name, config)
+            name = self.tensor_name(hf_name, config, name_map)
             if name is None:
                 continue
             array = tensor.detach().to("cpu").float().numpy()

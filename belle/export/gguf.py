@@ -72,6 +72,7 @@ class _Loaded:
     tokenizer: Any
     template: Any  # belle.templates.Template
     arch: GgufArch
+    name_map: Any  # gguf.TensorNameMap of `arch` for `config` (`GgufArch.name_map`)
     generation_config: str
     gptq: GptqSettings | None = None
     stored_types: dict[str, str] | None = None  # GPTQ: {GGUF name: dtype} of the matrices GPTQ left unquantized
@@ -150,11 +151,12 @@ def temporary_path(out: Path, tag: str = "") -> Path:
 
 
 def _load(path: Path, base: Path | None, template: str | None, trust_remote_code: bool, type: str) -> _Loaded:
-    """Read `path` (and `base`) for `type`: a float model in float32 on the CPU, an adapter merged;
-    a GPTQ folder straight from its safetensors (`GptqState`), never through a quantized model."""
+    """Read `path` (and `base`) for `type`: a float model in float32 on the CPU, an adapter merged
+    (`_load_float`); a GPTQ folder straight from its safetensors (`_load_gptq`), never through a
+    quantized model."""
     from belle.modeling import (
-        ModelFolderError, check_model_path, load_model, load_tokenizer, model_type, read_checkpoint_info,
-        reply_end_ids, resolve_template, split_adapter,
+        ModelFolderError, check_model_path, load_tokenizer, model_type, read_checkpoint_info, reply_end_ids,
+        resolve_template, split_adapter,
     )
     from belle.records import read_json_object
 
@@ -178,31 +180,60 @@ def _load(path: Path, base: Path | None, template: str | None, trust_remote_code
         generation = next((d / "generation_config.json" for d in (path, model_dir)
                            if (d / "generation_config.json").is_file()), None)
         generation_config = read_json_object(generation, ModelFolderError) if generation else {}
+        name_map = arch.name_map(config)
         if gptq is not None:
-            logger.info("reading the GPTQ weights of %s", model_dir)
-            state = GptqState(model_dir, gptq, bool(getattr(config, "tie_word_embeddings", False)),
-                              exact=type not in FLOAT_TYPES)
-            vocab_size = vocab_rows(state)
-            names = {hf: arch.tensor_name(hf, config) for hf in state}
-            stored_types = {names[hf]: dtype for hf, dtype in state.stored_types().items() if names[hf]}
-            gptq_names = frozenset(names[f"{m}.weight"] for m in state.quantized if names.get(f"{m}.weight"))
-            configured = generation_config.get("eos_token_id", getattr(config, "eos_token_id", None))
+            weights = _load_gptq(model_dir, config, gptq, arch, name_map, type, generation_config)
         else:
-            logger.info("loading %s in float32", path)
-            model = load_model(model_dir, dtype="float32", device="cpu", adapter=adapter, tokenizer=tokenizer,
-                               trust_remote_code=trust_remote_code)
-            if adapter is not None:
-                model = model.merge_and_unload()
-            model.eval()
-            config, state = model.config, model.state_dict()
-            vocab_size = model.get_input_embeddings().num_embeddings
-            configured = model.generation_config.eos_token_id
-            stored_types, gptq_names = None, frozenset()
+            weights = _load_float(path, model_dir, adapter, tokenizer, trust_remote_code)
     except ModelFolderError as e:
         raise UsageError(str(e)) from None
-    return _Loaded(path.resolve().name, state, config, vocab_size, sorted(reply_end_ids(tokenizer, resolved, configured)),
-                   tokenizer, resolved, arch, json.dumps(generation_config, ensure_ascii=False), gptq, stored_types,
-                   gptq_names)
+    eos_ids = sorted(reply_end_ids(tokenizer, resolved, weights.eos_token_id))
+    return _Loaded(path.resolve().name, weights.state, weights.config, weights.vocab_size, eos_ids, tokenizer, resolved,
+                   arch, name_map, json.dumps(generation_config, ensure_ascii=False), gptq, weights.stored_types,
+                   weights.gptq_names)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """What `_load_gptq` or `_load_float` read: `state` maps HF names to tensors, `vocab_size` is
+    the rows of the input embeddings, `eos_token_id` the model's configured end id(s)."""
+
+    state: Mapping[str, Any]
+    config: Any
+    vocab_size: int
+    eos_token_id: Any
+    stored_types: dict[str, str] | None = None
+    gptq_names: frozenset[str] = frozenset()
+
+
+def _load_gptq(model_dir: Path, config: Any, gptq: GptqSettings, arch: GgufArch, name_map: Any, type: str,
+               generation_config: dict[str, Any]) -> _Weights:
+    """A GPTQ folder's weights as a lazy `GptqState` (its headers checked, nothing unpacked), with
+    the GGUF names of its quantized layers and the dtypes of the matrices GPTQ left unquantized;
+    the end ids of generation_config.json (a dict), else config.json's."""
+    logger.info("reading the GPTQ weights of %s", model_dir)
+    state = GptqState(model_dir, gptq, bool(getattr(config, "tie_word_embeddings", False)),
+                      exact=type not in FLOAT_TYPES)
+    names = {hf: arch.tensor_name(hf, config, name_map) for hf in state}
+    stored_types = {names[hf]: dtype for hf, dtype in state.stored_types().items() if names[hf]}
+    gptq_names = frozenset(names[f"{m}.weight"] for m in state.quantized if names.get(f"{m}.weight"))
+    eos = generation_config.get("eos_token_id", getattr(config, "eos_token_id", None))
+    return _Weights(state, config, vocab_rows(state), eos, stored_types, gptq_names)
+
+
+def _load_float(path: Path, model_dir: Path, adapter: Path | None, tokenizer: Any, trust_remote_code: bool) -> _Weights:
+    """A float model (`model_dir`, the LoRA adapter `adapter` merged in) loaded by transformers in
+    float32 on the CPU."""
+    from belle.modeling import load_model
+
+    logger.info("loading %s in float32", path)
+    model = load_model(model_dir, dtype="float32", device="cpu", adapter=adapter, tokenizer=tokenizer,
+                       trust_remote_code=trust_remote_code)
+    if adapter is not None:
+        model = model.merge_and_unload()
+    model.eval()
+    return _Weights(model.state_dict(), model.config, model.get_input_embeddings().num_embeddings,
+                    model.generation_config.eos_token_id)
 
 
 def _check_config(model_dir: Path, arch: GgufArch, trust_remote_code: bool,
@@ -253,12 +284,11 @@ def _write(loaded: _Loaded, path: Path, type: str,
     writer.add_key_value("belle.eos_token_ids", loaded.eos_ids, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT32)
     writer.add_string("belle.generation_config", loaded.generation_config)
 
-    output_name = arch.output_name(config)
-    types, shapes, gptq_names = {}, {}, set()
+    output_name, gptq_names, name_map = arch.output_name(config), loaded.gptq_names, loaded.name_map
+    types, shapes = {}, {}
     shaped = state.placeholders() if isinstance(state, GptqState) else state  # GPTQ: no layer unpacked twice
-    for name, array in arch.tensors(shaped, config):
-        if loaded.gptq is not None and array.ndim == 3:  # a GPTQ layer: (weight, scale, zero) per element
-            gptq_names.add(name)
+    for name, array in arch.tensors(shaped, config, name_map):
+        if name in gptq_names:  # (weight, scale, zero) per element
             array = array[..., 0]
         if name in gptq_names and type not in FLOAT_TYPES:
             types[name] = TensorType(gguf.GGMLQuantizationType[type.upper()])
@@ -271,7 +301,7 @@ def _write(loaded: _Loaded, path: Path, type: str,
         writer.write_header_to_file(path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for name, array in arch.tensors(state, config):
+        for name, array in arch.tensors(state, config, name_map):
             if name not in gptq_names:
                 writer.write_tensor_data(encode(array, types[name].qtype))
             elif type in FLOAT_TYPES:

@@ -8,8 +8,9 @@ So when each group is a run of whole 32-column blocks (desc_act off, group size 
 or -1), a GPTQ layer is a GGML tensor with the same `d` and `q`: a symmetric 4-bit layer is q4_0
 exactly (zero 8), an 8-bit symmetric one q8_0 exactly (int8 `q - 128`), a 4-bit layer is q4_1
 with `d = scale` and `m = -scale * zero` rounded to fp16 (exact for a symmetric layer, within half
-an fp16 step of `m` for an asymmetric one). f32/f16/bf16 take any 2-, 4- or 8-bit folder,
-dequantized as GPTQModel does; 3-bit codes straddle words and are refused.
+an fp16 step of `m` for an asymmetric one). fp32 or bf16 scales have no fp16 `d` in general, so
+such a folder has no exact type. f32/f16/bf16 take any 2-, 4- or 8-bit folder with any float
+scales, dequantized as GPTQModel does; 3-bit codes straddle words and are refused.
 
 `GptqState` reads the folder's safetensors lazily (no transformers or gptqmodel model is built);
 each quantized weight comes as a float32 `[out, in, 3]` tensor stacking the dequantized weight,
@@ -137,7 +138,8 @@ class GptqState(Mapping):
     `<module>.weight`, a float32 `[out, in, 3]` tensor of (weight, scale, zero) per element. With
     tied embeddings and no `lm_head.weight` in the file, `lm_head.weight` is the embeddings.
     `exact`: the layers are for `encode_exact`, so a layer whose groups are not runs of whole
-    32-column blocks is a `UsageError` (False: f32/f16/bf16, any `g_idx`)."""
+    32-column blocks, or whose scales are not fp16, is a `UsageError` (False: f32/f16/bf16, any
+    `g_idx`, any float scales). Each layer's parts are checked from the headers when the state is made."""
 
     def __init__(self, model_dir: Path, settings: GptqSettings, tied_embeddings: bool, exact: bool = True) -> None:
         from safetensors import safe_open
@@ -152,6 +154,8 @@ class GptqState(Mapping):
             for key in handle.keys():
                 self._where[key] = handle
         self.quantized = sorted(k.removesuffix(".qweight") for k in self._where if k.endswith(".qweight"))
+        for module in self.quantized:
+            self._check_header(module, model_dir)
         parts = (".qweight", ".qzeros", ".scales", ".g_idx")
         self._keys = [k for k in self._where if not k.endswith(parts)] + [f"{m}.weight" for m in self.quantized]
         self._alias: dict[str, str] = {}
@@ -200,10 +204,33 @@ class GptqState(Mapping):
             source = self._alias.get(key, key)
             if source not in self._where or key.removesuffix(".weight") in self.quantized:
                 continue
-            part = self._where[source].get_slice(source)
-            if len(part.get_shape()) >= 2:
-                types[key] = STORED.get(part.get_dtype(), "f32")
+            if len(self._shape(source)) >= 2:
+                types[key] = STORED.get(self._dtype(source), "f32")
         return types
+
+    def _check_header(self, module: str, model_dir: Path) -> None:
+        """A `UsageError`, from the safetensors header alone, for a GPTQ layer `module` this export
+        cannot read: a missing part, words other than int32, or (for `exact`) scales other than fp16,
+        which GGML's fp16 `d` cannot hold in general (f32/f16/bf16 take any float scales)."""
+        missing = [part for part in ("qzeros", "scales") if f"{module}.{part}" not in self._where]
+        if missing:
+            raise UsageError(f"{model_dir}: GPTQ layer {module} has a qweight but no {' or '.join(missing)} "
+                             "in its safetensors")
+        for part in ("qweight", "qzeros"):
+            dtype = self._dtype(f"{module}.{part}")
+            if dtype != "I32":
+                raise UsageError(f"{model_dir}: {module}.{part} is {dtype}; GGUF export reads GPTQ's int32 words "
+                                 f"({RECIPE})")
+        dtype = self._dtype(f"{module}.scales")
+        if dtype not in STORED:
+            raise UsageError(f"{model_dir}: {module}.scales is {dtype}; GPTQ scales are float (F16, BF16 or F32)")
+        if self.exact and dtype != "F16":
+            raise UsageError(f"{model_dir}: {module}.scales is {dtype}, not fp16: GGML's q4_0/q4_1/q8_0 blocks hold "
+                             "fp16 scales, so its layers have no exact GGUF blocks (--type f32/f16/bf16 take them)")
+
+    def _dtype(self, key: str) -> str:
+        """The safetensors dtype of `key` ("F16", "I32", ...), from the header."""
+        return self._where[key].get_slice(key).get_dtype()
 
     def _shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._where[key].get_slice(key).get_shape())
@@ -253,7 +280,7 @@ def vocab_rows(state: GptqState) -> int:
     key = next((k for k in state if k.endswith(_EMBEDDINGS)), None)
     if key is None:
         raise UsageError("GPTQ folder: no input embeddings (embed_tokens.weight) in its safetensors")
-    return int(state._where[key].get_slice(key).get_shape()[0])
+    return int(state.shape(key)[0])
 
 
 def _fp16(values: np.ndarray) -> np.ndarray:

@@ -33,6 +33,59 @@ def test_usage_errors_before_lm_eval_are_one_line(belle_main, tmp_path, monkeypa
     assert not (tmp_path / "run").exists()
 
 
+def test_output_that_is_a_file_is_refused_before_lm_eval(belle_main, tmp_path):
+    (tmp_path / "notes").write_text("mine", encoding="utf-8")
+    for output in (tmp_path / "notes", tmp_path / "notes" / "run"):
+        done = belle_main("eval", "bench", "--model", tmp_path, "--tasks", "belle_zh_mc", "--output", output)
+        assert one_line(done, f"--output {output}: {tmp_path / 'notes'} is a file, not a folder"), done.stderr
+    assert (tmp_path / "notes").read_text(encoding="utf-8") == "mine"
+
+
+def test_run_folder_of_another_models_answers_is_refused(belle_main, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"model": "other", "judge": "gpt-4o"}), encoding="utf-8")
+    (tmp_path / "sft").mkdir()
+    done = belle_main("eval", "bench", "--model", tmp_path / "sft", "--tasks", "belle_zh_mc", "--output", run)
+    assert one_line(done, "the run's answers are 'other''s, this model is 'sft'"), done.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+
+
+@pytest.fixture
+def scripted_tasks(monkeypatch, tmp_path):
+    """Two tasks beside belle's: one whose dataset folder holds a loading script, one whose Hub dataset
+    is not in the cache; `belle eval bench` indexes them alone."""
+    from lm_eval.tasks import TaskManager
+
+    import belle.eval.bench
+
+    tasks, scripted = tmp_path / "tasks", tmp_path / "scripted"
+    tasks.mkdir()
+    scripted.mkdir()
+    (scripted / "scripted.py").write_text("import datasets\n", encoding="utf-8")
+    common = 'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{{q}}"\ndoc_to_choice: ["A", "B"]\ndoc_to_target: 0\n'
+    (tasks / "scripted.yaml").write_text(f"task: belle_test_scripted\ndataset_path: {scripted}\n{common}", encoding="utf-8")
+    (tasks / "missing.yaml").write_text(f"task: belle_test_missing\ndataset_path: belle-tests/nowhere\n{common}",
+                                        encoding="utf-8")
+    manager = TaskManager(include_path=[str(belle.eval.bench.LOCAL_TASKS), str(tasks)], include_defaults=False)
+    monkeypatch.setattr(belle.eval.bench, "task_manager", lambda include_path=(): manager)
+    return scripted
+
+
+@pytest.mark.slow  # imports lm-eval and datasets
+@pytest.mark.parametrize("task, message", [
+    ("belle_test_scripted", "belle_test_scripted: its dataset {scripted} needs a loading script, which datasets 4 and "
+                            "later no longer run; give a converted copy"),
+    ("belle_test_missing", "belle_test_missing: cannot load its dataset"),
+])
+def test_datasets_are_checked_before_the_model_loads(belle_main, scripted_tasks, offline, tmp_path, task, message):
+    # tmp_path is no model: the dataset's error coming first shows the model was never loaded
+    done = belle_main("eval", "bench", "--model", tmp_path, "--tasks", f"belle_zh_mc,{task}", "--output",
+                      tmp_path / "run")
+    assert one_line(done, message.format(scripted=scripted_tasks)), done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # lm-eval indexes its thousands of task YAMLs (seconds), then runs the task
 def test_local_task_through_the_cli_equals_lm_eval_directly(belle_main, tiny_model_dir, local_task_manager, offline,
                                                             tmp_path):
@@ -47,6 +100,7 @@ def test_local_task_through_the_cli_equals_lm_eval_directly(belle_main, tiny_mod
                                                    "template": None, "apply_chat_template": None, "include_path": [],
                                                    "dtype": "auto", "device": "cpu"}
     assert bench["loaded"] == {"dtype": "float32", "device": "cpu"}  # what dtype auto resolved to
+    assert bench["name"] == tiny_model_dir.name  # compared with the answers' model in run.json
     figures = bench["tasks"]["belle_zh_mc"]
     assert set(figures) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
     assert "| belle_zh_mc | acc |" in (run / "bench.md").read_text(encoding="utf-8")
@@ -127,7 +181,7 @@ def test_group_without_aggregate_shows_its_subtasks(belle_main, tiny_model_dir, 
     table = (run / "bench.md").read_text(encoding="utf-8")
     assert "| belle_test_group/belle_zh_mc | acc |" in table and "| belle_test_group/belle_test_gen | exact_match |" in table
     report = belle_main("eval", "report", run)
-    assert report.returncode == 0 and "| belle_test_group/belle_zh_mc acc |" in report.stdout, report.stderr
+    assert report.returncode == 0 and "| belle_test_group/belle_zh_mc acc (limit 2) |" in report.stdout, report.stderr
 
 
 @pytest.mark.slow  # imports lm-eval

@@ -311,7 +311,7 @@ def test_belle_page_multi_turn_and_unknown_class_and_format():
                                   "  模型回答： '因为好看'。请针对模型回答给出得分，顺便给出理由：")
     with pytest.raises(KeyError, match="poetry"):
         judge_messages(EvalItem("z", ("q",), "", "poetry"), "a", PAGE_PROMPTS, "belle-page")
-    with pytest.raises(ValueError, match="unknown judge format 'belle'"):
+    with pytest.raises(ValueError, match="--judge-format must be one of delimited, belle-page, not 'belle'"):
         judge_messages(item, "a", PAGE_PROMPTS, "belle")
 
 

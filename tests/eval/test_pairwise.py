@@ -10,6 +10,7 @@ import pytest
 from belle.cli import UsageError, run_verbs
 from belle.eval.judging import PAIRWISE_SYSTEM_PROMPT
 from belle.eval.pairwise import PairwiseCounts, combine, length_figures, model_pick, pairwise
+from belle.eval.scoring import answer_hash
 from belle.llm import LLMOptions
 from belle.testing.openai_stub import Fault, serve_stub
 from tests.helpers import read_jsonl
@@ -182,12 +183,73 @@ def test_a_finished_run_makes_no_calls_again(tmp_path, files):
         first = json.loads((out / "pairwise.json").read_text(encoding="utf-8"))
         assert pairwise(*files, judge=options, output=out) == 0
         assert stub.calls == calls
-    # with nothing left to judge no client is made: a remote judge without a key is fine too
-    remote = LLMOptions(model="judge", base_url="https://judge.invalid/v1", api_key_env="BELLE_TEST_NO_SUCH_KEY",
-                        cache="off")
-    assert pairwise(*files, judge=remote, output=out) == 0
+    # with nothing left to judge no client is made: the judge, now down and without a key, is fine too
+    gone = LLMOptions(model="judge", base_url=stub.url, api_key_env="BELLE_TEST_NO_SUCH_KEY", cache="off")
+    assert pairwise(*files, judge=gone, output=out) == 0
     assert (out / "pairwise.jsonl").read_text(encoding="utf-8") == lines
     assert json.loads((out / "pairwise.json").read_text(encoding="utf-8")) == first
+
+
+def cli_argv(files: tuple[Path, Path], out: Path, url: str, *flags: str) -> list[str]:
+    return ["pairwise", str(files[0]), str(files[1]), "--output", str(out), "--judge-base-url", url,
+            "--judge-cache", "off", *flags]
+
+
+def refused(argv: list[str], capsys) -> str:
+    """The one stderr line of a run of `argv` that must exit 2."""
+    capsys.readouterr()
+    assert run_verbs([pairwise], argv, "belle eval") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_a_rerun_after_an_answer_changed_is_refused(tmp_path, files, capsys):
+    a, b = files
+    out = tmp_path / "out"
+    with serve_stub(scripted_judge) as stub:
+        assert run_verbs([pairwise], cli_argv(files, out, stub.url, "--judge-model", "judge"), "belle eval") == 0
+        lines, calls = (out / "pairwise.jsonl").read_text(encoding="utf-8"), stub.calls
+        records = read_jsonl(out / "pairwise.jsonl")
+        by_id = {r["id"]: r for r in records}
+        assert (by_id["q2"]["answer_sha1_a"], by_id["q2"]["answer_sha1_b"]) == (
+            answer_hash("甲的回答 质量1"), answer_hash("乙的回答 质量2"))
+
+        # B's answers regenerated: q2 is now better, but its old verdict must not be counted as if for it
+        write_answers(b, "model-b", [(i, k, q, qa, 3 if i == "q2" else qb) for i, k, q, qa, qb in SET], "乙", 1)
+        err = refused(cli_argv(files, out, stub.url, "--judge-model", "judge"), capsys)
+        assert "1 answer(s) changed since" in err and "B's answer to id 'q2'" in err and "new --output" in err
+
+        # the two files swapped: every answer differs from what its side was judged on
+        err = refused(cli_argv((b, a), out, stub.url, "--judge-model", "judge"), capsys)
+        assert f"{2 * len(SET)} answer(s) changed since" in err
+        assert stub.calls == calls and (out / "pairwise.jsonl").read_text(encoding="utf-8") == lines
+
+
+def test_a_rerun_with_another_judge_or_its_settings_is_refused(tmp_path, files, capsys):
+    out = tmp_path / "out"
+    with serve_stub(scripted_judge) as stub:
+        assert run_verbs([pairwise], cli_argv(files, out, stub.url, "--judge-model", "judge", "--limit", "2"),
+                         "belle eval") == 0
+        info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        assert {k: info[k] for k in ("mode", "judge", "judge_base_url", "temperature", "max_tokens")} == {
+            "mode": "pairwise", "judge": "judge", "judge_base_url": stub.url, "temperature": 0.0, "max_tokens": 1024}
+        calls = stub.calls
+        # another judge model, even with items left to judge (no --limit): none of its verdicts is mixed in
+        err = refused(cli_argv(files, out, stub.url, "--judge-model", "other"), capsys)
+        assert "other settings (judge 'judge' -> 'other')" in err and "new --output" in err
+        err = refused(cli_argv(files, out, stub.url, "--judge-model", "judge", "--temperature", "0.7"), capsys)
+        assert "temperature 0.0 -> 0.7" in err
+        assert stub.calls == calls and len(read_jsonl(out / "pairwise.jsonl")) == 2
+        # the same judge and settings resume: the rest of the items are judged
+        assert run_verbs([pairwise], cli_argv(files, out, stub.url, "--judge-model", "judge"), "belle eval") == 0
+        assert stub.calls == 2 * len(SET)
+    # a folder a `belle eval score` run wrote is no pairwise folder
+    (tmp_path / "scored").mkdir()
+    (tmp_path / "scored" / "run.json").write_text(json.dumps(
+        {"judge": "judge", "judge_base_url": stub.url, "temperature": 0.0, "max_tokens": 1024}), encoding="utf-8")
+    assert "mode None -> 'pairwise'" in refused(cli_argv(files, tmp_path / "scored", stub.url, "--judge-model",
+                                                         "judge"), capsys)
 
 
 def test_failed_calls_leave_items_for_a_rerun(tmp_path, files, capsys):
@@ -325,12 +387,16 @@ def test_lengths_are_stored_and_old_records_without_them_are_counted_not_guessed
     assert (length["longer_won"], length["decisive_unequal"], length["decisive_equal"]) == (0, 0, 4)
     assert length["longer_share"] is None and length["without_lengths"] == 0
 
-    # a file written before lengths were stored, but for q1, whose record keeps them; A's answer to q1
-    # and q2 has since grown by 200 characters: the verdicts were on the old answers, so the new
-    # lengths must not be filed under them
-    old = [r if r["id"] == "q1" else {k: v for k, v in r.items() if k not in ("len_a", "len_b")} for r in records]
+    # a folder written before answer hashes and run.json were stored, and before lengths too but for
+    # q1, whose record keeps them; A's answer to q1 and q2 has since grown by 200 characters: the old
+    # records are taken as they are (nothing to compare the answers with), and the new lengths must
+    # not be filed under verdicts on the old answers
+    hashes = ("answer_sha1_a", "answer_sha1_b")
+    old = [{k: v for k, v in r.items() if k not in hashes + (() if r["id"] == "q1" else ("len_a", "len_b"))}
+           for r in records]
     (out / "pairwise.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in old),
                                         encoding="utf-8")
+    (out / "run.json").unlink()
     lines = (out / "pairwise.jsonl").read_text(encoding="utf-8")
     grown = [json.loads(line) for line in a.read_text(encoding="utf-8").splitlines()]
     for record in grown:
@@ -338,9 +404,10 @@ def test_lengths_are_stored_and_old_records_without_them_are_counted_not_guessed
             record["answer"] += "长" * 200
     a.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in grown), encoding="utf-8")
     capsys.readouterr()
-    remote = LLMOptions(model="judge", base_url="https://judge.invalid/v1", cache="off")
-    assert pairwise(a, b, judge=remote, output=out) == 0  # nothing to judge again
+    gone = LLMOptions(model="judge", base_url=stub.url, cache="off")  # the judge is down: any call fails
+    assert pairwise(a, b, judge=gone, output=out) == 0  # nothing to judge again
     assert (out / "pairwise.jsonl").read_text(encoding="utf-8") == lines  # never rewritten
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["judge"] == "judge"  # pinned from now on
     length = json.loads((out / "pairwise.json").read_text(encoding="utf-8"))["length"]
     # only q1 has lengths: the stored, equal ones; every other record is counted without lengths
     assert length["without_lengths"] == len(records) - 1

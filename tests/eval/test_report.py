@@ -247,6 +247,39 @@ def test_a_run_without_judgments_has_no_judge_format(tmp_path, run_b):
                                                   "bench [no judge] (Score_w/o_others —)"]
 
 
+def write_bench(run_dir: Path, acc: float, **settings) -> Path:
+    """A bench.json of `belle eval bench` on model folder `sft`: cmmlu acc `acc`, with `settings`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {"model": "runs/sft", "name": "sft", "tasks": {"cmmlu": {"acc": acc, "acc_stderr": 0.01}},
+            "lm_eval_version": "0.4.13", "settings": {"limit": None, "num_fewshot": None, **settings}}
+    (run_dir / "bench.json").write_text(json.dumps(data), encoding="utf-8")
+    return run_dir
+
+
+def test_benchmarks_only_report_and_partial_runs_get_rows_of_their_own(tmp_path):
+    full = write_bench(tmp_path / "full", 0.5)
+    limited = write_bench(tmp_path / "limited", 0.75, limit=4)
+    shots = write_bench(tmp_path / "shots", 0.25, limit=4, num_fewshot=0)
+    reports = [build_report(d, bootstrap=0) for d in (full, limited, shots)]
+    assert [r.benchmarks for r in reports] == [{"cmmlu acc": 0.5}, {"cmmlu acc (limit 4)": 0.75},
+                                               {"cmmlu acc (limit 4, 0-shot)": 0.25}]
+    assert report_markdown(reports) == (
+        "# Eval report\n\n| benchmark | full | limited | shots |\n|---|---|---|---|\n"
+        "| model | runs/sft | runs/sft | runs/sft |\n| cmmlu acc | 0.500 | — | — |\n"
+        "| cmmlu acc (limit 4) | — | 0.750 | — |\n| cmmlu acc (limit 4, 0-shot) | — | — | 0.250 |\n")
+
+
+def test_benchmarks_beside_judge_scores_and_a_model_that_differs(run_a, run_b):
+    write_bench(run_a, 0.5)  # benchmarked as "sft", judged on the answers of "tiny"
+    write_bench(run_b, 0.75, num_fewshot=5)  # run.json-less: bench.json names the model
+    a, b = (build_report(d, bootstrap=0) for d in (run_a, run_b))
+    assert (a.model, b.model) == ("tiny (benchmarks: sft)", "runs/sft")
+    md = report_markdown([a, b])
+    assert "| **Score** | **0.500** | **0.750** |" in md and "| model | tiny (benchmarks: sft) | runs/sft |" in md
+    benchmarks = "\n| cmmlu acc | 0.500 | — |\n| cmmlu acc (5-shot) | — | 0.750 |\n| judge samples per item | 2 | 2 |\n"
+    assert benchmarks in md and md.index("| cost (USD) |") < md.index(benchmarks)
+
+
 def hashed(lines: list[dict], answers: dict[str, str]) -> list[dict]:
     """`lines` with the answer hash each judgment saw (`answers`: id -> a stand-in hash)."""
     return [{**line, "answer_sha1": answers[line["id"]]} for line in lines]

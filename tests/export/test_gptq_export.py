@@ -170,6 +170,47 @@ def test_float_types_dequantize_by_g_idx_as_gptqmodel_does(tmp_path, settings):
             GptqState(tmp_path, settings, tied_embeddings=False)["layer.weight"]
 
 
+def rewrite_layer(folder: Path, change) -> None:
+    """`folder/model.safetensors` (from `gptq_layer`) with `change(name, tensor)` for each tensor
+    (None: the tensor is left out)."""
+    from safetensors.torch import load_file, save_file
+
+    file = folder / "model.safetensors"
+    changed = {name: change(name, tensor) for name, tensor in load_file(str(file)).items()}
+    save_file({name: tensor for name, tensor in changed.items() if tensor is not None}, str(file))
+
+
+@pytest.mark.parametrize("dtype, stored", [(torch.float32, "F32"), (torch.bfloat16, "BF16")])
+def test_scales_other_than_fp16_have_no_exact_type_but_dequantize_exactly(tmp_path, monkeypatch, dtype, stored):
+    """GGML's `d` is fp16, which cannot hold fp32 or bf16 scales in general: the exact types refuse
+    them from the header, before any layer is unpacked; f32/f16/bf16 dequantize with them as stored."""
+    settings = GptqSettings(4, 32, True, False, "gptq")
+    codes, zeros, scales = gptq_layer(tmp_path, settings)
+    scales = scales.float() * (1 + 2**-13) if dtype == torch.float32 else scales.to(dtype)
+    rewrite_layer(tmp_path, lambda name, tensor: scales.to(dtype) if name == "layer.scales" else tensor)
+    monkeypatch.setattr(GptqState, "_layer", lambda self, module: pytest.fail("unpacked"))
+    with pytest.raises(UsageError, match=f"^{tmp_path}: layer.scales is {stored}, not fp16: .*no exact GGUF "
+                                         "blocks \\(--type f32/f16/bf16 take them\\)$"):
+        GptqState(tmp_path, settings, tied_embeddings=False)
+    monkeypatch.undo()
+    stacked = GptqState(tmp_path, settings, tied_embeddings=False, exact=False)["layer.weight"].numpy()
+    assert np.array_equal(stacked[..., 0], reference(codes, zeros, scales.to(dtype), torch.arange(64) // 32))
+
+
+@pytest.mark.parametrize("part, change, message", [
+    ("layer.qweight", lambda t: t.to(torch.int64), "layer.qweight is I64; GGUF export reads GPTQ's int32 words"),
+    ("layer.qzeros", lambda t: t.to(torch.int16), "layer.qzeros is I16; GGUF export reads GPTQ's int32 words"),
+    ("layer.scales", lambda t: t.to(torch.int32), "layer.scales is I32; GPTQ scales are float"),
+    ("layer.scales", lambda t: None, "GPTQ layer layer has a qweight but no scales in its safetensors"),
+])
+def test_layers_the_export_cannot_read_are_refused_from_the_header(tmp_path, part, change, message):
+    settings = GptqSettings(4, 32, True, False, "gptq")
+    gptq_layer(tmp_path, settings)
+    rewrite_layer(tmp_path, lambda name, tensor: change(tensor) if name == part else tensor)
+    with pytest.raises(UsageError, match=f"^{tmp_path}: {message}"):
+        GptqState(tmp_path, settings, tied_embeddings=False, exact=False)
+
+
 def test_a_g_idx_outside_the_groups_is_a_usage_error(tmp_path):
     settings = GptqSettings(4, 32, True, False, "gptq")
     gptq_layer(tmp_path, settings, g_idx=torch.arange(64) // 16)
@@ -231,9 +272,12 @@ def test_float_types_take_any_block_aligned_folder(settings, type, tmp_path):
 
 @pytest.mark.slow  # imports transformers (seconds alone)
 @pytest.mark.parametrize("quantization, message", [
-    ({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True}, "desc_act"),
-    ({"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": False}, "exactly to --type q4_1"),
-    ({"quant_method": "awq", "bits": 4, "group_size": 128}, "awq-quantized model"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True},
+     "GPTQ 4-bit group size 128 with desc_act: its groups are not runs of 32 columns"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": False},
+     "GPTQ 4-bit group size 128 asymmetric: --type q4_0 would re-round GPTQ's weights (this folder exports exactly "
+     "to --type q4_1)"),
+    ({"quant_method": "awq", "bits": 4, "group_size": 128}, "a awq-quantized model (quantization_config"),
 ])
 def test_cli_refuses_before_reading_weights(belle_main, tmp_path, quantization, message):
     from tests.export.test_export_cli import error_line
@@ -242,8 +286,7 @@ def test_cli_refuses_before_reading_weights(belle_main, tmp_path, quantization, 
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": quantization}))
     line = error_line(belle_main("export", "gguf", "--model", folder, "--out", tmp_path / "m.gguf", "--type", "q4_0"))
-    assert line.startswith(f"error: {folder}") or str(folder) in line
-    assert message in line
+    assert line.split(" error: ", 1)[1].startswith(f"{folder}: {message}"), line
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +338,7 @@ def folder_matrices(folder: Path, config) -> dict[str, tuple[torch.Tensor, str]]
     from belle.export.arches import GGUF_ARCHES
 
     arch = GGUF_ARCHES[config.model_type]
+    name_map = arch.name_map(config)
     matrices = {}
     for file in folder.glob("*.safetensors"):
         with safe_open(str(file), "pt") as handle:
@@ -302,9 +346,11 @@ def folder_matrices(folder: Path, config) -> dict[str, tuple[torch.Tensor, str]]
             for key in keys:
                 tensor = handle.get_tensor(key)
                 module = key.removesuffix(".weight")
-                if tensor.ndim >= 2 and not key.endswith((".qweight", ".qzeros", ".scales")) and \
-                        f"{module}.qweight" not in keys and arch.tensor_name(key, config):
-                    matrices[arch.tensor_name(key, config)] = tensor, STORED[handle.get_slice(key).get_dtype()]
+                if tensor.ndim < 2 or key.endswith((".qweight", ".qzeros", ".scales")) or f"{module}.qweight" in keys:
+                    continue
+                name = arch.tensor_name(key, config, name_map)
+                if name:
+                    matrices[name] = tensor, STORED[handle.get_slice(key).get_dtype()]
     return matrices
 
 
@@ -451,6 +497,35 @@ def test_asymmetric_gptq_is_q4_1_with_gptqmodels_codes_and_each_layer_read_once(
 
 
 @pytest.mark.slow
+def test_a_folder_with_fp32_scales_is_refused_for_q4_0_and_exported_to_f32(gptq_folder, gptq_export, tmp_path,
+                                                                            belle_main):
+    """The same GPTQ folder with its fp16 scales stored as fp32: `--type q4_0` is one error line,
+    no file left; its f32 file holds the same tensors as the fp16 folder's."""
+    from gguf import GGUFReader
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from belle.export import export_gguf
+    from tests.export.test_export_cli import error_line
+
+    folder = tmp_path / "fp32-scales"
+    shutil.copytree(gptq_folder("llama"), folder)
+    (file,) = folder.glob("*.safetensors")
+    with safe_open(str(file), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file({key: t.float() if key.endswith(".scales") else t for key, t in tensors.items()}, str(file),
+              metadata={"format": "pt"})
+    line = error_line(belle_main("export", "gguf", "--model", folder, "--out", tmp_path / "m.gguf", "--type", "q4_0"))
+    assert "scales is F32, not fp16" in line and "--type f32/f16/bf16 take them" in line, line
+    assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".m.gguf*"))
+    got = {t.name: t for t in GGUFReader(export_gguf(folder, tmp_path / "m.gguf", type="f32").out).tensors}
+    expected = {t.name: t for t in GGUFReader(gptq_export("llama", "f32").out).tensors}
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert tensor.tensor_type == got[name].tensor_type and np.array_equal(tensor.data, got[name].data), name
+
+
+@pytest.mark.slow
 def test_a_lora_adapter_on_a_gptq_folder_is_refused(gptq_folder, tmp_path):
     from belle.export import export_gguf
 
@@ -466,8 +541,10 @@ def test_a_lora_adapter_on_a_gptq_folder_is_refused(gptq_folder, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("flag", ["output_type", "embedding_type"])
 def test_flags_that_would_re_round_a_gptq_lm_head_are_refused(gptq_folder, tmp_path_factory, flag):
-    """A folder whose LM head GPTQ quantized (GPTQModel's `lm_head=True`): the head is written
-    exactly; `--output-type` (or, for a tied head, `--embedding-type`) would re-round it."""
+    """A folder whose LM head GPTQ quantized (GPTQModel's `lm_head=True`, an untied head): the head
+    is written exactly; `--output-type` would re-round it and is refused; `--embedding-type` names
+    token_embd only, and the head stays q4_0. (A tied head is never a GPTQ layer in the file:
+    llama.cpp reads it from token_embd, embeddings GPTQ does not quantize.)"""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
