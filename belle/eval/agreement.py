@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from belle.cli import UsageError
-from belle.eval.report import (JUDGMENTS, answer_hashes, class_order, item_scores, only_in_lines, read_judgments,
+from belle.eval.report import (JUDGMENTS, class_order, item_scores, judged_answers, only_in_lines, read_judgments,
                                save_figure_atomic)
 from belle.records import DataError, write_text_atomic
 
@@ -89,7 +89,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, tuple[str, float | None, int]], 
         raise UsageError(str(e)) from None
     if not judgments:
         raise UsageError(f"{run_dir / JUDGMENTS}: no judgments")
-    return item_scores(judgments), answer_hashes(run_dir)
+    return item_scores(judgments), judged_answers(judgments)
 
 
 def agreement_results(run_a: Path, run_b: Path) -> dict[str, Any]:

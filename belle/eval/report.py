@@ -505,9 +505,12 @@ def answer_hashes(run_dir: Path) -> dict[str, str]:
     """id -> the `answer_sha1` of the answer its judgments saw, for the items whose judgments carry
     one (judgments written before the hash was stored have none); {} for a run without judgments."""
     path = Path(run_dir) / JUDGMENTS
-    if not path.is_file():
-        return {}
-    return {r["id"]: r["answer_sha1"] for r in read_judgments(path) if isinstance(r.get("answer_sha1"), str)}
+    return judged_answers(read_judgments(path)) if path.is_file() else {}
+
+
+def judged_answers(judgments: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """id -> `answer_sha1` of judgment records that carry one."""
+    return {r["id"]: r["answer_sha1"] for r in judgments if isinstance(r.get("answer_sha1"), str)}
 
 
 def agree_hints(run_dirs: Sequence[Path]) -> list[str]:
